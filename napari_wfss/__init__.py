@@ -1,0 +1,8 @@
+"""napari-wfss: tag a few images with class names, get editable masks for a whole folder.
+
+The UI-free core (session, engine, export, CLI) lives here beside the thin napari layer
+(``_widget``, ``_reader``, ``_writer``, ``_sample_data``); the model is the ``hhn`` library.
+Nothing heavy is imported at package import time.
+"""
+
+__version__ = "0.1.0"

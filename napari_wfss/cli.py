@@ -1,0 +1,135 @@
+"""The ``wfss`` command line: one argparse parser, one subcommand per tool.
+
+Every subcommand is a thin shell over a Python function in the UI-free core (``napari_wfss``) or
+in the model library (``hhn``); heavy modules (torch, open_clip) are imported only when the
+subcommand runs, so ``wfss --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from hhn.errors import UserError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="compute device; auto picks cuda, then mps, then cpu (default: auto)")
+
+
+def _add_episode_args(p: argparse.ArgumentParser, episodes: int) -> None:
+    p.add_argument("--test-classes", default=None,
+                   help="comma-separated class names held out as novel classes (generic layout)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="standard fold index for pascal/coco layouts (0-3)")
+    p.add_argument("--shots", type=int, default=1, help="support images per episode (default: 1)")
+    p.add_argument("--episodes", type=int, default=episodes, help=f"number of episodes (default: {episodes})")
+    p.add_argument("--seed", type=int, default=0, help="episode sampling seed (default: 0)")
+    p.add_argument("--support", default="tags", choices=("tags", "masks"),
+                   help="support supervision: tags = image-level class names only (priors), masks = pixel masks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``wfss`` parser; each subparser stores its runner as ``args.run``."""
+    parser = argparse.ArgumentParser(
+        prog="wfss",
+        description="Weakly-supervised few-shot segmentation: class names + a few tags -> masks for a whole folder.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("label", help="label every untagged image of a folder (batch, resumable)",
+                       description="Propose a label map for every untagged image of FOLDER from the images "
+                                   "tagged in TAGS.csv, and write the export layout to OUT.")
+    p.add_argument("folder", help="folder of images")
+    p.add_argument("--tags", required=True, help="CSV with 'image,class' rows (an image may have several rows)")
+    p.add_argument("--out", required=True, help="output folder (project state + export); rerun to resume")
+    p.add_argument("--model", default="default", help="'default' (shipped offline model) or a checkpoint path")
+    p.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
+    p.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
+    p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
+    _add_device(p)
+    p.set_defaults(run="napari_wfss.batch:run_label_cli")
+
+    p = sub.add_parser("train", help="train HHN heads on episodes (paper or our recipe)",
+                       description="Train an HHN model on a generic folder dataset (images/, masks/, "
+                                   "classes.txt), Pascal-5i or COCO-20i.")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--layout", default="auto", choices=("auto", "generic", "pascal", "coco"))
+    p.add_argument("--preset", default="wfss-lite0", help="model/recipe preset (see `wfss weights --presets`)")
+    p.add_argument("--recipe", default="ours", choices=("paper", "ours"), help="training recipe")
+    p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the recipe's)")
+    p.add_argument("--resume", action="store_true", help="resume from OUT/last.safetensors")
+    _add_episode_args(p, episodes=300)
+    _add_device(p)
+    p.set_defaults(run="hhn.training.cli:run_train_cli")
+
+    p = sub.add_parser("eval", help="evaluate mIoU / FB-IoU on few-shot episodes",
+                       description="Few-shot evaluation (spec section 3): mIoU over test classes and FB-IoU.")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--layout", default="auto", choices=("auto", "generic", "pascal", "coco"))
+    p.add_argument("--model", default="default", help="'default', a checkpoint path, or a preset name")
+    p.add_argument("--method", default="hhn", choices=("hhn", "prior", "map", "all-fg"),
+                   help="hhn = the model; prior = the tag prior alone; map = masked-average-pooling "
+                        "prototype; all-fg = predict every pixel as foreground")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_episode_args(p, episodes=1000)
+    _add_device(p)
+    p.set_defaults(run="hhn.evaluation.cli:run_eval_cli")
+
+    p = sub.add_parser("convert-tlg", help="convert the authors' best_model.pt to our checkpoint format",
+                       description="Convert a released TLG best_model.pt (DataParallel 'module.' keys) into "
+                                   "a safetensors checkpoint with a JSON config; reports dropped legacy layers.")
+    p.add_argument("src", help="the authors' best_model.pt")
+    p.add_argument("dst", help="output checkpoint (.safetensors; a .json config is written beside it)")
+    p.add_argument("--backbone", default=None, choices=("resnet50", "vgg16"),
+                   help="backbone of the checkpoint (default: detected from the keys)")
+    p.add_argument("--benchmark", default="pascal", choices=("pascal", "coco"),
+                   help="which class phrase tables the model was trained with")
+    p.set_defaults(run="hhn.checkpoints:run_convert_cli")
+
+    p = sub.add_parser("bench", help="print speed and memory numbers (forward time, peak RSS)",
+                       description="Benchmark the network and the predictor on random inputs.")
+    p.add_argument("--preset", action="append", default=None,
+                   help="preset(s) to time (default: tlg-resnet50-pascal and wfss-lite0)")
+    p.add_argument("--repeats", type=int, default=5, help="timed forwards per preset (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _add_device(p)
+    p.set_defaults(run="hhn.bench:run_bench_cli")
+
+    p = sub.add_parser("weights", help="show where pretrained weights are looked for, and what is present",
+                       description="List model presets and the weight files each needs, with the exact "
+                                   "path to place a file when there is no network.")
+    p.add_argument("--presets", action="store_true", help="list presets only")
+    p.set_defaults(run="hhn.weights:run_weights_cli")
+
+    p = sub.add_parser("sample", help="write the sample image folder and its tags.csv",
+                       description="Create a small sample folder (made from scikit-image's bundled images) "
+                                   "with a tags.csv, for trying `wfss label`.")
+    p.add_argument("out", help="folder to create")
+    p.set_defaults(run="napari_wfss.sample:run_sample_cli")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wfss`` console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.run.split(":")
+    runner = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(runner(args) or 0)
+    except KeyboardInterrupt:
+        print("wfss: interrupted; finished work is saved, rerun the same command to resume.", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"wfss {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
