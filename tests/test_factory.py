@@ -1,0 +1,118 @@
+"""create_model: presets, checkpoint paths, local-dir: folders and the shipped "default" model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from hhn import factory
+from hhn.checkpoints import save_checkpoint
+from hhn.config import load_preset
+from hhn.errors import CheckpointError, UserError, WeightsNotFoundError
+from hhn.factory import create_model
+from hhn.network import HHN
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A small random wfss-lite0 model saved (backbone included) as tmp_path/ckpt/model.*"""
+    torch.manual_seed(0)
+    config = dataclasses.replace(load_preset("wfss-lite0"), name="test-lite0-128", image_size=(128, 128))
+    model = HHN(config)
+    save_checkpoint(model, tmp_path / "ckpt" / "model.safetensors", include_backbone=True)
+    return model, tmp_path / "ckpt"
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sb = b.state_dict()
+    return a.state_dict().keys() == sb.keys() and all(torch.equal(v, sb[k]) for k, v in a.state_dict().items())
+
+
+def test_preset_with_and_without_pretrained_backbone():
+    pretrained = create_model("wfss-lite0", device="cpu")  # Lite0 file ships with a pip package
+    assert pretrained.config.name == "wfss-lite0" and not pretrained.training
+    assert next(pretrained.parameters()).device.type == "cpu"
+    random = create_model("wfss-lite0", pretrained=False, device="cpu")
+    w = "backbone._conv_stem.weight"
+    assert not torch.equal(pretrained.state_dict()[w], random.state_dict()[w])
+    from hhn.weights import load_weight_state_dict
+
+    assert torch.equal(pretrained.state_dict()[w], load_weight_state_dict("efficientnet_lite0")["_conv_stem.weight"])
+
+
+def test_preset_whose_backbone_file_is_missing_says_where_to_put_it(tmp_path, monkeypatch):
+    from hhn import weights
+
+    monkeypatch.setattr(weights, "user_weights_dir", lambda: tmp_path / "user")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("WFSS_WEIGHTS_DIR", raising=False)
+    with pytest.raises(WeightsNotFoundError) as err:
+        create_model("tlg-vgg16-pascal", cache_dir=tmp_path / "cache")
+    assert str(tmp_path / "cache" / "vgg16-397923af.pth") in str(err.value)
+
+
+def test_checkpoint_paths_and_local_dir(saved):
+    model, folder = saved
+    for name in (folder / "model.safetensors", folder / "model.json", str(folder / "model"),
+                 f"local-dir:{folder}", folder):
+        loaded = create_model(name, pretrained=False, device="cpu")
+        assert loaded.config == model.config and same_weights(model, loaded), name
+
+
+def test_local_dir_needs_exactly_one_checkpoint(saved, tmp_path):
+    model, folder = saved
+    (folder / "model.json").rename(folder / "a.json")
+    (folder / "model.safetensors").rename(folder / "a.safetensors")
+    assert same_weights(model, create_model(f"local-dir:{folder}", pretrained=False))  # the only one
+    save_checkpoint(model, folder / "b", include_backbone=True)
+    with pytest.raises(CheckpointError, match="2 checkpoints"):
+        create_model(f"local-dir:{folder}", pretrained=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no napari-wfss checkpoint"):
+        create_model(f"local-dir:{empty}", pretrained=False)
+
+
+def test_unknown_names_and_missing_files(tmp_path):
+    with pytest.raises(UserError, match="unknown model"):
+        create_model("no-such-preset")
+    with pytest.raises(CheckpointError, match="not found"):
+        create_model(tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        create_model(f"local-dir:{tmp_path / 'absent'}")
+
+
+def _fake_package(root, name, with_model):
+    pkg = root / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    if with_model:
+        (pkg / "models" / "default").mkdir(parents=True)
+    return pkg
+
+
+def test_default_is_looked_up_as_a_package_resource(saved, tmp_path, monkeypatch):
+    model, folder = saved
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pkg = _fake_package(tmp_path, "wfss_fake_pkg", with_model=True)
+    for f in folder.iterdir():
+        (pkg / "models" / "default" / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(factory, "DEFAULT_PACKAGE", "wfss_fake_pkg")
+    assert factory.default_model_dir() == pkg / "models" / "default"
+    assert same_weights(model, create_model("default", pretrained=False, device="cpu"))
+
+
+def test_default_absent_raises_weights_not_found(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_package(tmp_path, "wfss_fake_empty", with_model=False)
+    for package in ("wfss_fake_empty", "wfss_not_installed"):
+        monkeypatch.setattr(factory, "DEFAULT_PACKAGE", package)
+        with pytest.raises(WeightsNotFoundError, match="default model is not part of this installation"):
+            create_model("default")
