@@ -1,0 +1,182 @@
+"""The HHN model as data: :class:`HHNConfig` (a frozen dataclass with a JSON round trip) and presets.
+
+Presets live as JSON files in ``hhn/configs/<name>.json``. The four ``tlg-*`` presets reproduce the
+authors' released TLG model (spec sections 1 and 8: all quirks kept, both switches below OFF). The
+``wfss-lite0`` preset is our recipe (EfficientNet-Lite0, 320x320, no CLIP text, both fixes ON).
+
+Geometry is derived, never stored: :attr:`HHNConfig.geometry` computes every grid from the input size
+and the backbone's down-sampling rule (see :class:`Geometry`). This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from typing import Any
+
+from hhn.errors import UserError
+
+#: Backbone names known to the model (the registry in ``hhn.backbones`` has exactly these keys).
+SUPPORTED_BACKBONES = ("resnet50", "vgg16", "efficientnet_lite0")
+#: Benchmarks whose class-phrase tables the authors' checkpoints were trained with.
+SUPPORTED_BENCHMARKS = ("pascal", "coco")
+
+
+@dataclass(frozen=True)
+class SinkhornSettings:
+    """Entropic OT solver settings of the transport step (spec 1.7; POT ``ot.sinkhorn`` defaults).
+
+    reg: entropic regularisation (1/lambda in the paper's figure); max_iter: iteration cap;
+    stop_thr: stop when the 2-norm of the column-marginal violation drops below it (checked every
+    10th iteration, as POT does).
+    """
+
+    reg: float = 0.5
+    max_iter: int = 1000
+    stop_thr: float = 1e-9
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every spatial size of the network, derived from the input size and the backbone.
+
+    All sizes are (height, width). For ResNet-50 at 400x400: grid8 (50, 50), grid16 (25, 25),
+    grid32 (13, 13), tokens 50, token_grid_pixels 2500, text_grid (25, 25) (625 cells),
+    head_size (100, 100).
+    """
+
+    image_size: tuple[int, int]  #: network input (h, w)
+    grid8: tuple[int, int]  #: stride-8 feature map: HA / HT / decoder resolution
+    grid16: tuple[int, int]  #: stride-16 feature map
+    grid32: tuple[int, int]  #: stride-32 feature map
+    text_grid: tuple[int, int]  #: text map (= grid16 = grid8 / 2, the HC working grid)
+    head_size: tuple[int, int]  #: decoder output = 2 x grid8
+
+    @property
+    def tokens(self) -> int:
+        """Number of HT tokens = rows of the stride-8 map (token r is the mean of row r)."""
+        return self.grid8[0]
+
+    @property
+    def grid8_cells(self) -> int:
+        """h8 * w8: output features of the token -> grid Linear (2500 at 400x400)."""
+        return self.grid8[0] * self.grid8[1]
+
+    @property
+    def text_cells(self) -> int:
+        """Output features of the text Linear(512 -> text cells) (625 at 400x400)."""
+        return self.text_grid[0] * self.text_grid[1]
+
+
+def _grid(size: int, stride: int, rounding: str) -> int:
+    """Feature-map side of a backbone at ``stride`` for an input side ``size``."""
+    return -(-size // stride) if rounding == "ceil" else size // stride
+
+
+def _squeezed(side: int, strides: tuple[int, ...]) -> int:
+    """Side of the second-image dims of a 4D correlation after the encoder's strided CP4d convs."""
+    for s in strides:
+        side = -(-side // s)
+    return side
+
+
+@dataclass(frozen=True)
+class HHNConfig:
+    """One HHN model configuration (architecture + switches). JSON round trip via to_dict/from_dict.
+
+    Paper-mode switches (both False reproduce the released code, spec 1.9 and 1.10):
+
+    - ``mask_support_features``: multiply every support feature map by the support mask (or prior),
+      bilinearly resized to that map (align_corners=True), before the correlation, as HSNet does.
+      In the released code the support's mask never reaches the query prediction.
+    - ``grad_through_fusion``: compute the text maps and the HC fusion with autograd enabled, so the
+      HA / HT / HC layers receive the segmentation-loss gradient. The released code wraps them in
+      ``torch.no_grad()``, so only the 4D encoder, decoders and fusion head are trained by the loss.
+    """
+
+    name: str
+    backbone: str
+    image_size: tuple[int, int]
+    benchmark: str | None = None
+    use_text: bool = True
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    text_template: str = "a clean origami {}."
+    sinkhorn: SinkhornSettings = field(default_factory=SinkhornSettings)
+    mask_support_features: bool = False
+    grad_through_fusion: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.backbone not in SUPPORTED_BACKBONES:
+            raise UserError(f"config {self.name!r}: unknown backbone {self.backbone!r}; "
+                            f"use one of {', '.join(SUPPORTED_BACKBONES)}")
+        if self.benchmark is not None and self.benchmark not in SUPPORTED_BENCHMARKS:
+            raise UserError(f"config {self.name!r}: unknown benchmark {self.benchmark!r}; "
+                            f"use one of {', '.join(SUPPORTED_BENCHMARKS)} or null")
+        size = tuple(int(v) for v in self.image_size)
+        if len(size) != 2 or min(size) < 16 or any(v % 16 for v in size):
+            raise UserError(f"config {self.name!r}: image_size {self.image_size} must be two "
+                            f"multiples of 16 (height, width), e.g. [400, 400]")
+        object.__setattr__(self, "image_size", size)
+        if isinstance(self.sinkhorn, dict):
+            object.__setattr__(self, "sinkhorn", SinkhornSettings(**self.sinkhorn))
+        if "{}" not in self.text_template:
+            raise UserError(f"config {self.name!r}: text_template must contain '{{}}' for the class name")
+
+    @property
+    def geometry(self) -> Geometry:
+        """The derived spatial sizes (see :class:`Geometry`); raises UserError if they do not fit."""
+        from hhn.backbones import BACKBONES  # lazy: imports torch
+
+        rounding = BACKBONES[self.backbone].rounding
+        h, w = self.image_size
+        g8, g16, g32 = ((_grid(h, s, rounding), _grid(w, s, rounding)) for s in (8, 16, 32))
+        # The three correlation groups must squeeze to the same second-image size (spec 1.5 strides).
+        squeezed = {(_squeezed(g[0], st), _squeezed(g[1], st))
+                    for g, st in ((g32, (2, 2, 2)), (g16, (4, 2, 2)), (g8, (4, 4, 2)))}
+        if len(squeezed) != 1 or g16 != (g8[0] // 2, g8[1] // 2):
+            raise UserError(f"config {self.name!r}: image_size {self.image_size} gives incompatible "
+                            f"feature grids {g8}/{g16}/{g32} for {self.backbone}; use a multiple of 32")
+        return Geometry(image_size=(h, w), grid8=g8, grid16=g16, grid32=g32, text_grid=g16,
+                        head_size=(2 * g8[0], 2 * g8[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HHNConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise UserError (a config from a newer version)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"model config has unknown fields {unknown}; it was written by a newer "
+                            f"napari-wfss: upgrade, or remove these fields")
+        missing = sorted(f.name for f in fields(cls)
+                         if f.name in ("name", "backbone", "image_size") and f.name not in data)
+        if missing:
+            raise UserError(f"model config lacks required fields {missing}")
+        kwargs = dict(data)
+        kwargs["image_size"] = tuple(kwargs["image_size"])
+        if "sinkhorn" in kwargs:
+            kwargs["sinkhorn"] = SinkhornSettings(**kwargs["sinkhorn"])
+        return cls(**kwargs)
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (the JSON files in ``hhn/configs``), sorted."""
+    root = resources.files("hhn") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name: str) -> HHNConfig:
+    """Load the preset ``name`` (e.g. ``"tlg-resnet50-pascal"``, ``"wfss-lite0"``)."""
+    presets = list_presets()
+    if name not in presets:
+        raise UserError(f"unknown model preset {name!r}; available: {', '.join(presets)}")
+    text = (resources.files("hhn") / "configs" / f"{name}.json").read_text(encoding="utf-8")
+    return HHNConfig.from_dict(json.loads(text))

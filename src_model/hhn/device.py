@@ -1,0 +1,45 @@
+"""Compute-device selection: ``select_device("auto"|"cpu"|"cuda"|"mps") -> torch.device``."""
+
+from __future__ import annotations
+
+import torch
+
+from hhn.errors import UserError
+
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
+def available_devices() -> list[str]:
+    """Device types usable in this process, in the order ``auto`` prefers them (cpu always last)."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def select_device(name: str | torch.device = "auto") -> torch.device:
+    """Return the torch device for ``name``.
+
+    ``"auto"`` picks cuda, then mps, then cpu. Asking for a device type that is not available raises
+    :class:`~hhn.errors.UserError` naming the ones that are. A ``torch.device`` (or a string such as
+    ``"cuda:1"``) is accepted and checked the same way.
+    """
+    if isinstance(name, torch.device):
+        kind = name.type
+    else:
+        text = str(name).strip().lower()
+        kind = text.split(":", 1)[0]
+        if kind not in DEVICE_NAMES:
+            raise UserError(f"unknown device {name!r}; use one of {', '.join(DEVICE_NAMES)}")
+        if kind == "auto":
+            return torch.device(available_devices()[0])
+        name = text
+    available = available_devices()
+    if kind not in available:
+        raise UserError(f"device {kind!r} is not available here; available: {', '.join(available)} "
+                        f"(use --device auto to pick the best one)")
+    return torch.device(name)

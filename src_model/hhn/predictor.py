@@ -1,0 +1,217 @@
+"""Segment-anything-style inference: encode images once, encode a class's supports once, predict many.
+
+Typical use::
+
+    predictor = Predictor(model, device="auto")
+    support = predictor.encode_support([img_a, img_b], [mask_a, mask_b], text=embeddings)
+    for image, prior in queries:
+        pred = predictor.predict(image, support, prior)   # pred.fg_prob, pred.mask at image size
+
+Images are numpy uint8 (H, W, 3) RGB of any size; they are squash-resized (aspect ratio not kept, as
+in the paper) to the network geometry with antialiased bilinear interpolation and ImageNet-normalised.
+Masks and priors are float (H, W) in [0, 1] at their image's size, resized the same way (not
+thresholded). K-shot: one 1-shot forward per support; ``fg_prob`` is the mean over shots of the
+foreground softmax and ``mask`` the vote rule of :func:`hhn.kshot.vote_kshot`, both computed on the
+head logits upsampled straight to the original size (bilinear, align_corners=True), like the released
+evaluation with ``use_original_imgsize``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hhn.device import select_device
+from hhn.errors import UserError
+from hhn.kshot import vote_kshot
+from hhn.network import HHN, ClassEmbeddings
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InvalidInputError(UserError, ValueError):
+    """An image, mask or prior given to the predictor has the wrong type, shape or value range."""
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """Backbone taps of one image at the network geometry, reusable for every class.
+
+    features: one (1, C_l, h_l, w_l) float32 tensor per tap, on the predictor's device.
+    original_size: (H, W) of the image as given. model_name: the config that produced the taps.
+    """
+
+    features: tuple[torch.Tensor, ...]
+    original_size: tuple[int, int]
+    model_name: str
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """The encoded supports of one class (K shots), computed once and reused for every query.
+
+    features: one (K, C_l, h_l, w_l) tensor per tap. masks: (K, h, w) float32 in [0, 1] at the
+    network geometry (pixel masks or priors; they weight the support features only when the model's
+    ``mask_support_features`` is on). text: embeddings with (1, 512) fields, or None.
+    """
+
+    features: tuple[torch.Tensor, ...]
+    masks: torch.Tensor
+    text: ClassEmbeddings | None
+    model_name: str
+
+    @property
+    def shots(self) -> int:
+        """Number of support images K."""
+        return int(self.masks.shape[0])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """fg_prob: (H, W) float32 in [0, 1], mean over shots of the foreground softmax.
+    mask: (H, W) bool, the K-shot vote (for K = 1: argmax of the logits)."""
+
+    fg_prob: np.ndarray
+    mask: np.ndarray
+
+
+def _check_image(image: np.ndarray, what: str) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = (f"{type(image).__name__}" if not isinstance(image, np.ndarray)
+                else f"{image.dtype} array of shape {image.shape}")
+        raise InvalidInputError(f"{what} must be a uint8 RGB array (H, W, 3), got a {desc}; "
+                                f"convert gray/RGBA images to RGB first")
+    if min(image.shape[:2]) < 1:
+        raise InvalidInputError(f"{what} is empty (shape {image.shape})")
+
+
+def _check_map(values: np.ndarray, size: tuple[int, int], what: str) -> np.ndarray:
+    if not isinstance(values, np.ndarray) or values.ndim != 2:
+        shape = getattr(values, "shape", None)
+        raise InvalidInputError(f"{what} must be a 2-D array (H, W) in [0, 1], got shape {shape}")
+    if tuple(values.shape) != tuple(size):
+        raise InvalidInputError(f"{what} has shape {values.shape} but its image is {tuple(size)}; "
+                                f"give it at the image's size")
+    values = values.astype(np.float32, copy=False)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise InvalidInputError(f"{what} must hold finite values in [0, 1]")
+    return values
+
+
+class Predictor:
+    """Runs an :class:`HHN` on numpy images. model: the network (moved to ``device``, eval mode).
+    batch_pairs: (query, support) pairs per network call in :meth:`predict_batch`."""
+
+    def __init__(self, model: HHN, device: str | torch.device = "auto", batch_pairs: int = 4) -> None:
+        self.device = select_device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.batch_pairs = max(1, int(batch_pairs))
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    # ------------------------------------------------------------------ encoding
+    def _network_input(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> (1, 3, h, w) float32 normalised at the network geometry."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        x = F.interpolate(x, self.config.image_size, mode="bilinear", align_corners=False, antialias=True)
+        return (x - self._mean) / self._std
+
+    def _network_map(self, values: np.ndarray) -> torch.Tensor:
+        """float (H, W) in [0, 1] -> (1, h, w) at the network geometry, in [0, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(values)).to(self.device)[None, None]
+        x = F.interpolate(x, self.config.image_size, mode="bilinear", align_corners=False, antialias=True)
+        return x[:, 0].clamp(0.0, 1.0)
+
+    def encode_image(self, image: np.ndarray) -> EncodedImage:
+        """uint8 (H, W, 3) RGB -> :class:`EncodedImage` (backbone taps + original size)."""
+        _check_image(image, "image")
+        with torch.no_grad():
+            feats = self.model.extract_features(self._network_input(image))
+        return EncodedImage(tuple(feats), (int(image.shape[0]), int(image.shape[1])), self.config.name)
+
+    def _encoded(self, item: np.ndarray | EncodedImage) -> EncodedImage:
+        if isinstance(item, EncodedImage):
+            if item.model_name != self.config.name:
+                raise InvalidInputError(f"image was encoded by model {item.model_name!r}, not "
+                                        f"{self.config.name!r}; encode it again with this predictor")
+            return item
+        return self.encode_image(item)
+
+    def encode_support(self, images: Sequence[np.ndarray | EncodedImage], masks: Sequence[np.ndarray],
+                       text: ClassEmbeddings | None = None) -> SupportSet:
+        """Encode the K supports of one class once.
+
+        images: K uint8 (H_k, W_k, 3) arrays or :class:`EncodedImage`. masks: K float (H_k, W_k) in
+        [0, 1] (pixel masks or priors). text: the class embeddings, fields (512,) or (1, 512); required
+        when the model uses text, ignored otherwise.
+        """
+        if len(images) == 0 or len(images) != len(masks):
+            raise InvalidInputError(f"give one mask per support image (got {len(images)} images, "
+                                    f"{len(masks)} masks; at least one)")
+        if self.config.use_text and text is None:
+            raise UserError(f"model {self.config.name!r} needs the class's CLIP text embeddings (hhn.text); "
+                            f"without CLIP weights use a model without text, e.g. wfss-lite0")
+        encoded = [self._encoded(im) for im in images]
+        maps = [self._network_map(_check_map(m, e.original_size, f"support mask {k}"))
+                for k, (m, e) in enumerate(zip(masks, encoded))]
+        feats = tuple(torch.cat(level, dim=0) for level in zip(*(e.features for e in encoded)))
+        embeddings = None
+        if self.config.use_text:
+            embeddings = ClassEmbeddings(*(torch.as_tensor(t, dtype=torch.float32, device=self.device)
+                                           .reshape(1, -1) for t in text))
+        return SupportSet(feats, torch.cat(maps, dim=0), embeddings, self.config.name)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, query: np.ndarray | EncodedImage, support: SupportSet,
+                query_prior: np.ndarray) -> Prediction:
+        """One query: uint8 (H, W, 3) image or :class:`EncodedImage`, its class prior float (H, W) in
+        [0, 1] -> :class:`Prediction` at (H, W)."""
+        return self.predict_batch([query], support, [query_prior])[0]
+
+    def predict_batch(self, queries: Sequence[np.ndarray | EncodedImage], support: SupportSet,
+                      priors: Sequence[np.ndarray]) -> list[Prediction]:
+        """Several queries of the same class; (query, shot) pairs are batched ``batch_pairs`` at a time."""
+        if len(queries) != len(priors):
+            raise InvalidInputError(f"give one prior per query (got {len(queries)} queries, {len(priors)} priors)")
+        if support.model_name != self.config.name:
+            raise InvalidInputError(f"support set was encoded by model {support.model_name!r}, not "
+                                    f"{self.config.name!r}; encode it again with this predictor")
+        shots = support.shots
+        per_call = max(1, self.batch_pairs // shots)
+        results: list[Prediction] = []
+        for start in range(0, len(queries), per_call):
+            chunk = [self._encoded(q) for q in queries[start:start + per_call]]
+            maps = [self._network_map(_check_map(p, e.original_size, f"query prior {start + i}"))
+                    for i, (p, e) in enumerate(zip(priors[start:start + per_call], chunk))]
+            n = len(chunk)
+            q_feats = [torch.cat([e.features[level].expand(shots, -1, -1, -1) for e in chunk])
+                       for level in range(len(support.features))]
+            s_feats = [f.repeat(n, 1, 1, 1) for f in support.features]
+            q_prior = torch.cat([m.expand(shots, -1, -1) for m in maps])
+            with torch.no_grad():
+                logits = self.model.forward_query(q_feats, s_feats, q_prior, support.text,
+                                                  support_weight=support.masks.repeat(n, 1, 1))
+            results += [self._finish(logits[i * shots:(i + 1) * shots], e.original_size)
+                        for i, e in enumerate(chunk)]
+        return results
+
+    @staticmethod
+    def _finish(shot_logits: torch.Tensor, size: tuple[int, int]) -> Prediction:
+        """(K, 2, h2, w2) head logits of one query -> Prediction at ``size`` (one shot at a time)."""
+        prob_sum = None
+        labels = []
+        for logits in shot_logits.split(1):
+            full = F.interpolate(logits, size, mode="bilinear", align_corners=True)
+            prob = full.softmax(dim=1)[0, 1]
+            prob_sum = prob if prob_sum is None else prob_sum + prob
+            labels.append(full[0].argmax(dim=0).bool())
+        mask = vote_kshot(torch.stack(labels).unsqueeze(0))[0]
+        fg_prob = (prob_sum / shot_logits.shape[0]).float().cpu().numpy()
+        return Prediction(fg_prob=fg_prob, mask=mask.cpu().numpy())

@@ -1,0 +1,148 @@
+"""Predictor: original-size outputs for odd sizes, K-shot rule, reuse of encodings, batching, and
+agreement with the network's own forward; clear errors for bad inputs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hhn.config import load_preset
+from hhn.errors import UserError
+from hhn.kshot import vote_kshot
+from hhn.network import HHN, ClassEmbeddings
+from hhn.predictor import IMAGENET_MEAN, IMAGENET_STD, InvalidInputError, Predictor
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small CPU forwards are faster single-threaded on the shared 2-core machines (no spin-waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lite():
+    torch.manual_seed(0)
+    config = dataclasses.replace(load_preset("wfss-lite0"), image_size=SIZE)
+    return Predictor(HHN(config), device="cpu")
+
+
+def image(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def blob(h, w, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    return (((yy - cy) / h) ** 2 + ((xx - cx) / w) ** 2 < 0.06).astype(np.float32)
+
+
+def test_odd_sizes_give_original_size_outputs(lite):
+    support = lite.encode_support([image(41, 29, 1), image(60, 45, 2)], [blob(41, 29, 1), blob(60, 45, 2)])
+    assert support.shots == 2 and support.masks.shape == (2, *SIZE)
+    pred = lite.predict(image(37, 53, 3), support, blob(37, 53, 3))
+    assert pred.fg_prob.shape == pred.mask.shape == (37, 53)
+    assert pred.fg_prob.dtype == np.float32 and pred.mask.dtype == bool
+    assert pred.fg_prob.min() >= 0 and pred.fg_prob.max() <= 1
+
+
+def test_prediction_equals_the_network_forward_at_network_size(lite):
+    img_q, img_s, prior_q, mask_s = image(64, 64, 4), image(64, 64, 5), blob(64, 64, 4), blob(64, 64, 5)
+    pred = lite.predict(img_q, lite.encode_support([img_s], [mask_s]), prior_q)
+
+    def normalised(x):
+        t = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255
+        return (t - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    with torch.no_grad():
+        logits, _ = lite.model(normalised(img_q), normalised(img_s), torch.from_numpy(prior_q)[None],
+                               torch.from_numpy(mask_s)[None])
+    np.testing.assert_allclose(pred.fg_prob, logits.softmax(dim=1)[0, 1].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pred.mask, logits.argmax(dim=1)[0].bool().numpy())
+
+
+def test_kshot_is_mean_probability_and_vote_of_single_shots(lite):
+    imgs = [image(50, 70, s) for s in (10, 11, 12)]
+    masks = [blob(50, 70, s) for s in (10, 11, 12)]
+    query, prior = image(45, 38, 13), blob(45, 38, 13)
+    three = lite.predict(query, lite.encode_support(imgs, masks), prior)
+    singles = [lite.predict(query, lite.encode_support([i], [m]), prior) for i, m in zip(imgs, masks)]
+    np.testing.assert_allclose(three.fg_prob, np.mean([p.fg_prob for p in singles], axis=0), rtol=1e-5, atol=1e-6)
+    votes = torch.from_numpy(np.stack([p.mask for p in singles]))[None]
+    np.testing.assert_array_equal(three.mask, vote_kshot(votes)[0].numpy())
+
+
+def test_encoded_images_are_reusable_and_equivalent(lite):
+    raw_s, raw_q = image(33, 47, 20), image(52, 31, 21)
+    enc_s, enc_q = lite.encode_image(raw_s), lite.encode_image(raw_q)
+    assert enc_q.original_size == (52, 31)
+    a = lite.predict(raw_q, lite.encode_support([raw_s], [blob(33, 47, 20)]), blob(52, 31, 21))
+    b = lite.predict(enc_q, lite.encode_support([enc_s], [blob(33, 47, 20)]), blob(52, 31, 21))
+    np.testing.assert_array_equal(a.fg_prob, b.fg_prob)
+
+
+def test_predict_batch_matches_single_predictions(lite):
+    lite_small_batches = Predictor(lite.model, device="cpu", batch_pairs=4)
+    support = lite_small_batches.encode_support([image(40, 40, 30), image(48, 36, 31)],
+                                                [blob(40, 40, 30), blob(48, 36, 31)])
+    queries = [image(39, 41, s) for s in (32, 33, 34)]
+    priors = [blob(39, 41, s) for s in (32, 33, 34)]
+    batch = lite_small_batches.predict_batch(queries, support, priors)  # chunks of 2 queries x 2 shots
+    assert len(batch) == 3
+    for q, p, got in zip(queries, priors, batch):
+        single = lite_small_batches.predict(q, support, p)
+        np.testing.assert_allclose(got.fg_prob, single.fg_prob, rtol=1e-5, atol=1e-6)
+
+
+def test_text_model_needs_embeddings_and_uses_them():
+    torch.manual_seed(0)
+    predictor = Predictor(HHN(dataclasses.replace(load_preset("tlg-vgg16-pascal"), image_size=SIZE)), "cpu")
+    with pytest.raises(UserError, match="needs the class's CLIP text embeddings"):
+        predictor.encode_support([image(30, 30, 1)], [blob(30, 30, 1)])
+    gen = torch.Generator().manual_seed(0)
+    text = ClassEmbeddings(*(F.normalize(torch.randn(512, generator=gen), dim=0) for _ in range(3)))
+    support = predictor.encode_support([image(30, 30, 1)], [blob(30, 30, 1)], text=text)
+    assert support.text.fg.shape == (1, 512)
+    pred = predictor.predict(image(35, 30, 2), support, blob(35, 30, 2))
+    assert pred.fg_prob.shape == (35, 30)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (np.zeros((20, 20), np.uint8), "uint8 RGB array"),
+    (np.zeros((20, 20, 4), np.uint8), "convert gray/RGBA"),
+    (np.zeros((20, 20, 3), np.float32), "float32 array"),
+    ([[0, 0, 0]], "got a list"),
+])
+def test_bad_images_are_rejected_clearly(lite, bad, message):
+    with pytest.raises(InvalidInputError, match=message):
+        lite.encode_image(bad)
+
+
+def test_bad_masks_and_priors_are_rejected_clearly(lite):
+    img = image(20, 30, 1)
+    with pytest.raises(InvalidInputError, match=r"has shape \(30, 20\) but its image is \(20, 30\)"):
+        lite.encode_support([img], [np.zeros((30, 20), np.float32)])
+    with pytest.raises(InvalidInputError, match=r"in \[0, 1\]"):
+        lite.encode_support([img], [np.full((20, 30), 255, np.float32)])
+    with pytest.raises(InvalidInputError, match="one mask per support image"):
+        lite.encode_support([img, img], [blob(20, 30, 1)])
+    support = lite.encode_support([img], [blob(20, 30, 1)])
+    with pytest.raises(InvalidInputError, match="query prior 0"):
+        lite.predict(img, support, np.zeros((20, 31), np.float32))
+    with pytest.raises(InvalidInputError, match="one prior per query"):
+        lite.predict_batch([img, img], support, [blob(20, 30, 1)])
+
+
+def test_encodings_from_another_model_are_refused(lite):
+    torch.manual_seed(1)
+    other = Predictor(HHN(dataclasses.replace(load_preset("wfss-lite0"), image_size=(96, 96), name="other")), "cpu")
+    foreign = other.encode_image(image(20, 20, 1))
+    with pytest.raises(InvalidInputError, match="encoded by model 'other'"):
+        lite.encode_support([foreign], [blob(20, 20, 1)])
