@@ -164,7 +164,7 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
         im = im.convert("LA")
     elif im.mode not in _PIL_DIRECT:
         im = im.convert("RGB")  # CMYK, YCbCr, HSV, LAB, ...
-    return _samples_to_rgb(np.asarray(im))
+    return _samples_to_rgb(np.array(im))  # a writable copy (np.asarray of a Pillow image is read-only)
 
 
 def _read_pillow(path: Path) -> np.ndarray:

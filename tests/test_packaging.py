@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("label", "train", "eval", "convert-tlg", "bench", "weights", "sample")
 
 
-def _run(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+def _run(args: list[str], env: dict | None = None, timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def test_wfss_help_lists_every_subcommand():
@@ -93,9 +93,13 @@ def test_built_wheel_carries_manifest_and_both_packages(tmp_path):
     out = _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)])
     assert out.returncode == 0, out.stdout + out.stderr
     env = dict(os.environ, PYTHONPATH=str(target))
+    # Run from tmp_path: from the repository root, `python -c` would import the source folder napari_wfss/.
     probe = _run([sys.executable, "-c",
-                  "import napari_wfss, hhn; print(napari_wfss.__file__); print(hhn.__file__)"], env=env)
+                  "import napari_wfss, hhn; print(napari_wfss.__file__); print(hhn.__file__)"], env=env, cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
     assert all(line.startswith(str(target)) for line in probe.stdout.split()), probe.stdout
-    out = _run([sys.executable, "-m", "npe2", "validate", "--imports", "napari-wfss"], env=env)
+    out = _run([sys.executable, "-m", "npe2", "validate", "--imports", "napari-wfss"], env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+    code = "import npe2; print(npe2.PluginManifest.from_distribution('napari-wfss').name)"
+    where = _run([sys.executable, "-c", code], env=env, cwd=tmp_path)
+    assert where.returncode == 0 and where.stdout.strip() == "napari-wfss", where.stdout + where.stderr

@@ -1,0 +1,509 @@
+"""The proposal engine: a session's tags and masks in, one proposed label map per query image out.
+
+One run (:meth:`Engine.propose`):
+
+1. **Plan** (:func:`plan_run`, no torch). The classes in play are those with at least one image
+   tagged with them or one user mask (edited or accepted) painting them. Per class ``c``:
+   *positives* = images tagged ``c`` or whose user mask paints ``c``; *negatives* = the other
+   tagged or masked images; *supports* = up to ``shots`` positives, user masks painting ``c`` first
+   (accepted before edited), then tagged images, each group in session order. Queries default to
+   the images with no tag, no proposal and no user mask; an explicit list may name any image, but
+   edited and accepted images are always left out (a proposal never replaces the user's work).
+2. **Supports, once per class.** The class's tag prior (an ``hhn.priors`` ``TagPrior``) is fitted
+   on its positives and negatives; positives the user painted ``c`` in carry ``user mask == c``
+   (``TaggedImage.mask``), which the prior trusts. A support's mask is that user mask where there
+   is one, else the fitted prior's map of the image. Every gallery image is decoded once and run
+   through the network's backbone at most once per run, however many classes it serves (the
+   co-segmentation prior reads the same taps when they are the ones it expects), and
+   ``Predictor.encode_support`` is called once per class.
+3. **Queries, streamed in batches of** ``batch_size``. Each query is decoded and encoded once (the
+   prior reuses the taps too); per class its prior map and ``Predictor.predict_batch`` give
+   ``fg_prob`` ``(H, W)`` in ``[0, 1]``.
+   Per pixel the label is the class with the highest ``fg_prob`` (ties: class-table order), or
+   background (0) where that highest value is below ``threshold``. With ``store=True`` the batch's
+   label maps are stored with ``Session.set_proposal`` under one ``deferred_save`` (one write of
+   ``project.json`` per batch), then the results are yielded. Memory holds one batch of queries
+   (and two maps per query for the per-pixel decision, whatever the number of classes).
+
+Cancellation: ``should_stop()`` is asked before each class's support preparation and before each
+query image; once it returns True the images already started are finished, stored and yielded, and
+the run ends. A query that cannot be read
+yields a :class:`ProposalResult` with ``error`` set and the run goes on; a support image that cannot
+be read is left out with a note in :attr:`Engine.warnings`.
+
+Torch and the model modules of :mod:`hhn` are imported on first use, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hhn.errors import UserError
+
+from .classes import BACKGROUND_ID
+from .images import ImageReadError
+from .session import ACCEPTED, EDITED, REJECTED, UNTAGGED, Session
+
+if TYPE_CHECKING:
+    import torch
+
+    from hhn.predictor import EncodedImage, Predictor, SupportSet
+    from hhn.priors.base import ClassPrior, TagPrior
+
+PRESET_PREFIX = "preset:"
+UNTRAINED_NOTE = "untrained heads"
+
+
+class EngineError(UserError):
+    """The session cannot be proposed from (nothing tagged, a class without a readable image, ...)."""
+
+
+# ============================================================================================ plan
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """What one class of a run is learnt from. Images are session paths (relative, POSIX).
+
+    ``painted``: the positives whose user mask paints the class (their mask is used as it is, as
+    support mask and at prior fitting); the other positives are known by their tags only.
+    """
+
+    name: str
+    id: int
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+    supports: tuple[str, ...]
+    painted: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The classes of a run (class-table order) and its query images (session order)."""
+
+    classes: tuple[ClassPlan, ...]
+    queries: tuple[str, ...]
+
+
+def default_queries(session: Session) -> list[str]:
+    """Images a run proposes by default: no tag, no proposal and no user mask (status untagged, or
+    rejected without tags), in session order."""
+    with session.lock:
+        return [rel for rel in session.images_with_status(UNTAGGED, REJECTED) if not session.tags_of(rel)]
+
+
+def plan_run(session: Session, images: Sequence[str] | None = None, shots: int = 5) -> RunPlan:
+    """Plan a run from the session's current tags and masks (see the module doc, step 1).
+
+    ``images``: the queries (session paths or absolute paths); default :func:`default_queries`.
+    Raises :class:`EngineError` when no image is tagged or masked.
+    """
+    if shots < 1:
+        raise EngineError(f"shots must be at least 1, got {shots}")
+    with session.lock:
+        present: dict[str, set[int]] = {}  # image -> class ids it shows (tags and user-mask classes)
+        painted: dict[str, set[int]] = {}  # image -> class ids of its user mask
+        accepted: set[str] = set()
+        ids_by_name = {c.name: c.id for c in session.classes}
+        for rel in session.images:
+            info = session.info(rel)
+            ids = {ids_by_name[n] for n in info.tags}
+            if info.status in (EDITED, ACCEPTED):
+                painted[rel] = {ids_by_name[n] for n in info.classes_present}
+                ids |= painted[rel]
+                if info.status == ACCEPTED:
+                    accepted.add(rel)
+            if ids:
+                present[rel] = ids
+        if not present:
+            raise EngineError("no image is tagged: tag at least one image with a class (or accept a mask) "
+                              "before proposing")
+        plans = []
+        for c in session.classes:
+            positives = tuple(rel for rel, ids in present.items() if c.id in ids)
+            if not positives:
+                continue
+            negatives = tuple(rel for rel, ids in present.items() if c.id not in ids)
+            by_mask = [rel for rel in positives if c.id in painted.get(rel, ())]
+            by_mask.sort(key=lambda rel: rel not in accepted)  # stable: accepted first, then edited
+            tagged = [rel for rel in positives if rel not in by_mask]
+            supports = tuple((by_mask + tagged)[:shots])
+            plans.append(ClassPlan(c.name, c.id, positives, negatives, supports, frozenset(by_mask)))
+        if images is None:
+            queries = default_queries(session)
+        else:
+            rels = [session.info(im).path for im in images]
+            queries = [rel for rel in dict.fromkeys(rels) if session.status(rel) not in (EDITED, ACCEPTED)]
+    return RunPlan(tuple(plans), tuple(queries))
+
+
+# ========================================================================================= results
+
+
+@dataclass
+class ProposalResult:
+    """One finished query image.
+
+    ``image``: session path; ``key``: its session key. ``label_map``: ``(H, W)`` ``uint8`` class ids
+    (0 = background), None when ``error`` is set. ``scores``: per class name present in the map, the
+    mean ``fg_prob`` over its pixels, in ``[0, 1]``. ``fractions``: per class in play, the share of
+    the image's pixels labelled with it, in ``[0, 1]``. ``seconds``: this image's share of its
+    batch's wall time (decoding, encoding, priors, prediction). ``stored``: whether the session now
+    holds it as the proposal (False without ``store``, or when a user mask appeared meanwhile).
+    """
+
+    image: str
+    key: str
+    label_map: np.ndarray | None
+    scores: dict[str, float] = field(default_factory=dict)
+    fractions: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    stored: bool = False
+    error: str | None = None
+
+
+class _Resolver:
+    """Running per-pixel decision over classes, fed one ``fg_prob`` map per class (holds two maps)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.best: np.ndarray | None = None  # float32 (H, W): the highest fg_prob so far
+        self.index: np.ndarray | None = None  # int32 (H, W): which class (feeding order) gave it
+
+    def add(self, fg_prob: np.ndarray) -> None:
+        """Feed the next class's ``float (H, W)`` map in ``[0, 1]``."""
+        if self.best is None:
+            self.best = np.array(fg_prob, dtype=np.float32)
+            self.index = np.zeros(fg_prob.shape, np.int32)
+        else:
+            better = fg_prob > self.best  # strict: on ties the earlier class keeps the pixel
+            self.best[better] = fg_prob[better]
+            self.index[better] = self.count
+        self.count += 1
+
+    def finish(self, class_ids: Sequence[int], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(label_map, best_prob)`` as :func:`resolve_label_map` returns them."""
+        label_map = np.asarray(class_ids, dtype=np.uint8)[self.index]
+        label_map[self.best < threshold] = BACKGROUND_ID
+        return label_map, self.best
+
+
+def resolve_label_map(fg_probs: Sequence[np.ndarray], class_ids: Sequence[int],
+                      threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel decision over classes.
+
+    ``fg_probs``: one ``float32 (H, W)`` map in ``[0, 1]`` per class; ``class_ids``: their label ids.
+    Returns ``(label_map, best_prob)``: ``uint8 (H, W)`` = the id of the class with the highest
+    probability (first class on ties), or 0 where that probability is below ``threshold``; and
+    ``float32 (H, W)`` that highest probability.
+    """
+    resolver = _Resolver()
+    for fg in fg_probs:
+        resolver.add(fg)
+    return resolver.finish(class_ids, threshold)
+
+
+def _summarise(label_map: np.ndarray, best_prob: np.ndarray, classes: Sequence[ClassPlan]) -> tuple[dict, dict]:
+    """(scores, fractions) of a resolved map; see :class:`ProposalResult`."""
+    scores, fractions = {}, {}
+    for c in classes:
+        where = label_map == c.id
+        n = int(where.sum())
+        fractions[c.name] = n / label_map.size
+        if n:
+            scores[c.name] = float(best_prob[where].mean())
+    return scores, fractions
+
+
+# ========================================================================================== engine
+
+
+def is_preset_spec(model: str) -> bool:
+    """True for ``"preset:NAME"`` and bare preset names (``hhn.config.list_presets()``): random heads."""
+    from hhn.config import list_presets
+
+    return model.startswith(PRESET_PREFIX) or model in list_presets()
+
+
+class _Encodings:
+    """Backbone taps per image (keyed by its pixels) for one phase of a run; cleared between phases.
+
+    Calling it returns the image's ``EncodedImage`` (encoding it on first sight); :meth:`descriptors`
+    turns those taps into the co-segmentation prior's dense descriptors, so the prior reuses the
+    network's backbone pass instead of running its own.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._items: dict[str, EncodedImage] = {}
+
+    def __call__(self, pixels: np.ndarray) -> EncodedImage:
+        from hhn.priors.features import image_key
+
+        key = image_key(pixels)
+        if key not in self._items:
+            self._items[key] = self.predictor.encode_image(pixels)
+        return self._items[key]
+
+    def descriptors(self, pixels: np.ndarray) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)`` unit-norm descriptors (``hhn.priors.features``)."""
+        from hhn.backbones import BACKBONES
+        from hhn.priors.features import descriptors_from_taps
+
+        taps = self(pixels).features
+        return descriptors_from_taps([taps[i] for i in BACKBONES[self.predictor.config.backbone].support_taps])
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def taps_match_prior_features(model: Any, features: Any) -> bool:
+    """True when ``model``'s backbone pass gives exactly the taps ``features`` (a ``DenseFeatures``)
+    would compute: same backbone, same square input size, and ImageNet weights bit for bit."""
+    from hhn.checkpoints import backbone_is_pretrained
+
+    config = model.config
+    return (config.backbone == features.backbone and tuple(config.image_size) == (features.size, features.size)
+            and features.pretrained and backbone_is_pretrained(model))
+
+
+class Engine:
+    """Turns a session into proposals with an HHN model (see the module doc).
+
+    Args:
+        model: ``"default"`` (the shipped checkpoint), a checkpoint path, ``"local-dir:/folder"``,
+            ``"preset:NAME"`` (random heads on the ImageNet backbone: untrained, for trying the
+            pipeline), an ``hhn.network.HHN`` instance, or a ready ``hhn.predictor.Predictor``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (``hhn.device.select_device``).
+        shots: at most this many support images per class.
+        batch_size: query images per batch (memory and ``project.json`` writes per batch).
+        threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``.
+        prior: the ``hhn.priors`` ``TagPrior`` fitted per class; default :meth:`default_prior`.
+        model_name: the name stored with each proposal; default derived from ``model``.
+
+    The model is loaded on the first run (or by :meth:`load`) and kept for later runs.
+    """
+
+    def __init__(
+        self,
+        model: Any = "default",
+        device: str = "auto",
+        shots: int = 5,
+        batch_size: int = 4,
+        threshold: float = 0.5,
+        prior: TagPrior | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if shots < 1 or batch_size < 1:
+            raise EngineError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
+        if not 0.0 <= threshold <= 1.0:
+            raise EngineError(f"threshold must be in [0, 1], got {threshold}")
+        self.model_spec = model
+        self.device = device
+        self.shots = int(shots)
+        self.batch_size = int(batch_size)
+        self.threshold = float(threshold)
+        self._prior = prior
+        self._model_name = model_name
+        self._predictor: Predictor | None = None
+        self._text_encoder = None
+        self._encodings: _Encodings | None = None  # the current run's
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ model
+    @property
+    def untrained(self) -> bool:
+        """True when the heads are random (a preset), so proposals are not meaningful."""
+        return isinstance(self.model_spec, str) and is_preset_spec(self.model_spec)
+
+    @property
+    def model_name(self) -> str:
+        """The name stored with each proposal (and in export manifests)."""
+        if self._model_name:
+            return self._model_name
+        if not isinstance(self.model_spec, str | os.PathLike):
+            return f"{self.model_spec.config.name} (in-memory)"
+        name = os.fspath(self.model_spec)
+        if self.untrained:
+            preset = name.removeprefix(PRESET_PREFIX)
+            return f"{PRESET_PREFIX}{preset} ({UNTRAINED_NOTE})"
+        return name
+
+    def load(self) -> Predictor:
+        """Build the model and its predictor now (else done by the first run); returns the predictor."""
+        if self._predictor is None:
+            from hhn.predictor import Predictor
+
+            model = self.model_spec
+            if hasattr(model, "encode_support"):  # a ready predictor
+                self._predictor = model
+                return model
+            if isinstance(model, str | os.PathLike):
+                from hhn.factory import create_model
+
+                name = os.fspath(model)
+                model = create_model(name.removeprefix(PRESET_PREFIX), device=self.device)
+            self._predictor = Predictor(model, device=self.device)
+        return self._predictor
+
+    def default_prior(self, vocabulary: Sequence[str]) -> TagPrior:
+        """The tag prior the model expects: CLIP Grad-CAM (``vocabulary`` = the competing class names)
+        for a model that reads CLIP text, like the paper's; otherwise the CLIP-free co-segmentation
+        prior (the default model's), fed with the network's own backbone taps when they are the ones
+        the prior would compute (:func:`taps_match_prior_features`), else with its own backbone."""
+        predictor = self.load()
+        if predictor.config.use_text:
+            from hhn.priors.gradcam import GradCamPrior
+
+            return GradCamPrior.from_pretrained(vocabulary=vocabulary, device=predictor.device)
+        from hhn.priors.coseg import CosegPrior
+        from hhn.priors.features import DenseFeatures
+
+        features = DenseFeatures(device=predictor.device)
+        if taps_match_prior_features(predictor.model, features):
+            return CosegPrior(features=lambda pixels: self._encodings.descriptors(pixels))
+        return CosegPrior(features=features)
+
+    def _class_text(self, name: str):
+        """CLIP text embeddings of a class for models that use text (None otherwise)."""
+        config = self.load().config
+        if not config.use_text:
+            return None
+        if self._text_encoder is None:
+            from hhn.text import TextEncoder
+
+            self._text_encoder = TextEncoder(config.clip_model, config.clip_pretrained, device=self.device)
+        return self._text_encoder.class_embeddings(name, template=config.text_template, benchmark=config.benchmark)
+
+    # ------------------------------------------------------------------ supports
+    def _read(self, session: Session, rel: str, cache: dict[str, np.ndarray | None]) -> np.ndarray | None:
+        """Decoded gallery image (once per run), or None with a warning if it cannot be read."""
+        if rel not in cache:
+            try:
+                cache[rel] = session.read_image(rel)
+            except ImageReadError as exc:
+                self.warnings.append(f"left out {rel}: {exc}")
+                cache[rel] = None
+        return cache[rel]
+
+    def _prepare_class(self, session: Session, plan: ClassPlan, vocabulary: Sequence[str],
+                       pixels: dict[str, np.ndarray | None]) -> tuple[ClassPrior, SupportSet]:
+        """Fit the class's prior and encode its support set (each gallery image decoded and encoded
+        once per run). ``vocabulary``: the names of the run's classes."""
+        from hhn.priors.base import TaggedImage
+
+        predictor = self.load()
+        positives: dict[str, TaggedImage] = {}
+        for rel in plan.positives:
+            image = self._read(session, rel, pixels)
+            if image is not None:
+                painted = session.mask(rel) if rel in plan.painted else None  # None: no mask (any more)
+                positives[rel] = TaggedImage(image, None if painted is None else (painted == plan.id).astype(np.float32))
+        negatives = [im for im in (self._read(session, r, pixels) for r in plan.negatives) if im is not None]
+        if not positives:
+            raise EngineError(f"class {plan.name!r}: none of its images can be read "
+                              f"({', '.join(plan.positives[:5])}); fix or re-tag them")
+        if self._prior is None:
+            self._prior = self.default_prior(vocabulary)
+        prior = self._prior.fit(plan.name, list(positives.values()), negatives)
+        images, masks = [], []
+        for rel in (r for r in plan.supports if r in positives):
+            images.append(self._encodings(positives[rel].pixels))
+            masks.append(prior(positives[rel]))  # the user's mask where there is one, else the prior's map
+        support = predictor.encode_support(images, masks, text=self._class_text(plan.name))
+        return prior, support
+
+    # ------------------------------------------------------------------ run
+    def propose(
+        self,
+        session: Session,
+        images: Sequence[str] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        store: bool = True,
+        plan: RunPlan | None = None,
+    ) -> Iterator[ProposalResult]:
+        """Propose label maps; yields one :class:`ProposalResult` per finished query (see the module doc).
+
+        ``images``: queries (default :func:`default_queries`); ``plan``: a plan made beforehand with
+        :func:`plan_run` (then ``images`` is ignored). ``store``: save each map as the image's
+        proposal. Raises :class:`EngineError` when nothing is tagged, or a class has no readable image.
+        """
+        plan = plan or plan_run(session, images, self.shots)
+        self.warnings = []
+        if not plan.queries:
+            return
+        self._encodings = _Encodings(self.load())
+        pixels: dict[str, np.ndarray | None] = {}
+        vocabulary = [c.name for c in plan.classes]
+        prepared = []
+        for c in plan.classes:
+            if should_stop():
+                return
+            prepared.append(self._prepare_class(session, c, vocabulary, pixels))
+        del pixels  # supports are encoded: free the gallery before streaming the queries
+        self._encodings.clear()
+        queries = list(plan.queries)
+        for start in range(0, len(queries), self.batch_size):
+            batch, stop = self._run_batch(session, plan, prepared, queries[start:start + self.batch_size],
+                                          should_stop)
+            self._encodings.clear()
+            if store:
+                self._store(session, batch)
+            yield from batch
+            if stop:
+                return
+
+    def _run_batch(self, session: Session, plan: RunPlan, prepared: Sequence[tuple[ClassPrior, SupportSet]],
+                   rels: Sequence[str], should_stop: Callable[[], bool]) -> tuple[list[ProposalResult], bool]:
+        """Decode, encode and predict one batch; stops taking new images once ``should_stop()``."""
+        predictor = self.load()
+        started = time.perf_counter()
+        done: list[ProposalResult] = []
+        ok: list[tuple[ProposalResult, np.ndarray, EncodedImage]] = []
+        stop = False
+        for rel in rels:
+            if should_stop():
+                stop = True
+                break
+            key = session.key(rel)
+            try:
+                image = session.read_image(rel)
+            except ImageReadError as exc:
+                done.append(ProposalResult(rel, key, None, error=str(exc)))
+                continue
+            result = ProposalResult(rel, key, None)
+            done.append(result)
+            ok.append((result, image, self._encodings(image)))
+        if ok:
+            resolvers = [_Resolver() for _ in ok]
+            for prior, support in prepared:
+                preds = predictor.predict_batch([e for _, _, e in ok], support, [prior(im) for _, im, _ in ok])
+                for resolver, pred in zip(resolvers, preds):
+                    resolver.add(pred.fg_prob)
+            ids = [c.id for c in plan.classes]
+            for (result, _, _), resolver in zip(ok, resolvers):
+                result.label_map, best = resolver.finish(ids, self.threshold)
+                result.scores, result.fractions = _summarise(result.label_map, best, plan.classes)
+        per_image = (time.perf_counter() - started) / max(1, len(done))
+        for result in done:
+            result.seconds = per_image
+        return done, stop
+
+    def _store(self, session: Session, batch: Sequence[ProposalResult]) -> None:
+        """Save a batch's maps as proposals with one ``project.json`` write."""
+        with session.deferred_save():
+            for result in batch:
+                if result.label_map is None:
+                    continue
+                try:
+                    result.stored = session.set_proposal(result.image, result.label_map, model=self.model_name,
+                                                         scores=result.scores)
+                except UserError as exc:  # the file changed on disk meanwhile, or a class was removed
+                    result.error = f"not stored: {exc}"
+
