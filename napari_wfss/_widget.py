@@ -1,0 +1,802 @@
+"""The dock widget: open a folder, tag images with class names, propose, review, export.
+
+One :class:`~napari_wfss.session.Session` is the single source of truth; the widget shows it and
+turns clicks and keys into session calls. The model runs in a child process
+(:mod:`napari_wfss._engine_process`): torch is never imported into napari's process, a worker
+thread stores each finished proposal as it streams in, the UI thread only refreshes the list (and
+the layer of the image on screen), and Cancel stops the child between images.
+
+Progress is a bar in the widget, not a napari ``progress``: napari's activity indicator animates a
+GIF that makes Qt re-compose the whole window (OpenGL canvas included) about 40 times a second; with
+software OpenGL (VMs, remote desktops, Xvfb) that took ~75% of a CPU core for the whole run in our
+measurement, slowing the engine that shares the CPU.
+
+Layers: one Image layer (the current image) and one Labels layer (its label map, coloured by the
+class table) that the widget owns, recognised by ``metadata["wfss_role"]``. Both are reused from
+image to image; the Labels layer's undo history is cleared on every switch so napari's undo never
+crosses images. Edits are captured into the session (``mark_edited``) when the user accepts, moves
+to another image, proposes or exports.
+
+Keys (on the viewer, and on the widget's layers so they win over napari's layer keys):
+``1``-``9`` toggle the tag of the first nine classes (not on the Labels layer, where napari's
+``1``-``7`` pick the painting tools), ``C`` accept, ``X`` reject, ``N`` next, ``Shift+N`` previous
+(``P`` stays napari's paint brush).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from hhn.errors import UserError
+from napari_wfss._engine_process import (
+    DEFAULT_ENGINE,
+    EngineProcess,
+    ProposalReady,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+)
+from napari_wfss.classes import ClassTable
+from napari_wfss.engine import default_queries
+from napari_wfss.session import (
+    ACCEPTED,
+    EDITED,
+    PROJECT_FILE,
+    PROPOSED,
+    REJECTED,
+    TAGGED,
+    UNTAGGED,
+    Session,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+ROLE = "wfss_role"
+STATUS_COLORS = {
+    UNTAGGED: "#9e9e9e",
+    TAGGED: "#42a5f5",
+    PROPOSED: "#ffa726",
+    EDITED: "#ba68c8",
+    ACCEPTED: "#66bb6a",
+    REJECTED: "#ef5350",
+}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+TAG_KEYS = tuple(str(i) for i in range(1, 10))
+REVIEW_KEYS = {"C": "accept", "X": "reject", "N": "next_image", "Shift-N": "previous_image"}
+
+
+def label_colormap(classes: ClassTable):
+    """A napari ``DirectLabelColormap``: class colours at their ids, 0 transparent, 255 (ignore) grey."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[int | None, tuple[float, ...]] = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    for class_id, rgb in classes.colors().items():
+        if class_id:
+            colors[class_id] = (*(c / 255.0 for c in rgb), 1.0)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def _swatch(rgb: tuple[int, int, int]) -> QIcon:
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(*rgb))
+    return QIcon(pix)
+
+
+def _unbind(providers: list[Any], keys: list[str]) -> None:
+    """Remove our key bindings (connected to the widget's ``destroyed``; must not touch the widget)."""
+    for provider in providers:
+        for key in keys:
+            provider.bind_key(key, None)
+
+
+def _close_run(holder: dict) -> None:
+    run = holder.get("run")
+    if run is not None:
+        run.close()
+
+
+@dataclass(frozen=True)
+class ProposalStored:
+    """The worker stored a proposal; ``stored`` is False if a user mask kept it out."""
+
+    image: str
+    stored: bool
+
+
+def _store_proposals(run: EngineProcess, session: Session, model: str) -> Iterator[RunEvent | ProposalStored]:
+    """Worker-thread generator: store each streamed proposal in the session (PNG + project.json
+    writes stay off the UI thread) and pass the other run events on."""
+    for event in run.events():
+        if isinstance(event, ProposalReady):
+            try:
+                stored = session.set_proposal(event.image, event.label_map, model=model, scores=event.scores)
+                yield ProposalStored(event.image, stored)
+            except UserError as exc:
+                yield RunFailed(str(exc), user_error=True)
+        else:
+            yield event
+
+
+class WfssWidget(QWidget):
+    """Few-shot labelling: tag a few images with class names, get proposals for the rest, review them.
+
+    The public methods (``open_folder``, ``show_image``, ``toggle_tag``, ``add_class``, ``propose``,
+    ``cancel``, ``accept``, ``reject``, ``next_image``, ``previous_image``, ``export``, ...) are what
+    the buttons and keys call; scripts and tests may call them directly.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: Session | None = None
+        self.current: str | None = None
+        self.engine_spec = DEFAULT_ENGINE
+        self._loaded: np.ndarray | None = None  # the label map as shown, to detect edits
+        self._run_holder: dict[str, Any] = {}
+        self._run_session: Session | None = None
+        self._run_model = ""
+        self._run_count = 0
+        self._worker = None  # the running proposal / export workers (kept referenced while they run)
+        self._export_worker = None
+        self._updating = False
+        self.last_export = None
+        self._build_ui()
+        self._bind_viewer_keys()
+        self.destroyed.connect(partial(_close_run, self._run_holder))
+        self._refresh_enabled()
+
+    # ================================================================ UI
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+
+        row = QHBoxLayout()
+        self.open_button = QPushButton("Open folder…")
+        self.open_button.clicked.connect(lambda: self.open_folder())
+        self.folder_label = QLabel("no folder open")
+        self.folder_label.setWordWrap(True)
+        row.addWidget(self.open_button)
+        row.addWidget(self.folder_label, 1)
+        layout.addLayout(row)
+
+        box = QGroupBox("Images")
+        inner = QVBoxLayout(box)
+        self.image_table = QTableWidget(0, 3)
+        self.image_table.setHorizontalHeaderLabels(["Image", "Status", "Tags"])
+        self.image_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.image_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.image_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.image_table.verticalHeader().setVisible(False)
+        self.image_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.image_table.currentCellChanged.connect(self._on_image_row_changed)
+        self.image_table.setMinimumHeight(180)
+        self.counts_label = QLabel("")
+        inner.addWidget(self.image_table)
+        inner.addWidget(self.counts_label)
+        layout.addWidget(box, 2)
+
+        box = QGroupBox("Classes (tick = tag the current image; keys 1-9)")
+        inner = QVBoxLayout(box)
+        self.class_table = QTableWidget(0, 3)
+        self.class_table.setHorizontalHeaderLabels(["Tag", "Class", "Colour"])
+        self.class_table.verticalHeader().setVisible(False)
+        self.class_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.class_table.itemChanged.connect(self._on_class_item_changed)
+        self.class_table.cellClicked.connect(self._on_class_cell_clicked)
+        self.class_table.setMinimumHeight(120)
+        inner.addWidget(self.class_table)
+        row = QHBoxLayout()
+        self.new_class_edit = QLineEdit()
+        self.new_class_edit.setPlaceholderText("new class name, e.g. coin")
+        self.new_class_edit.returnPressed.connect(lambda: self.add_class(self.new_class_edit.text()))
+        self.add_class_button = QPushButton("Add")
+        self.add_class_button.clicked.connect(lambda: self.add_class(self.new_class_edit.text()))
+        row.addWidget(self.new_class_edit, 1)
+        row.addWidget(self.add_class_button)
+        inner.addLayout(row)
+        row = QHBoxLayout()
+        self.import_classes_button = QPushButton("Import classes…")
+        self.import_classes_button.clicked.connect(lambda: self.import_classes_csv())
+        self.export_classes_button = QPushButton("Export classes…")
+        self.export_classes_button.clicked.connect(lambda: self.export_classes_csv())
+        self.import_tags_button = QPushButton("Import tags…")
+        self.import_tags_button.clicked.connect(lambda: self.import_tags_csv())
+        for b in (self.import_classes_button, self.export_classes_button, self.import_tags_button):
+            row.addWidget(b)
+        inner.addLayout(row)
+        layout.addWidget(box, 1)
+
+        box = QGroupBox("Propose")
+        inner = QVBoxLayout(box)
+        form = QFormLayout()
+        self.model_edit = QLineEdit("default")
+        self.model_edit.setToolTip("'default' (the shipped model), a checkpoint path, local-dir:/folder, "
+                                   "or preset:NAME (random heads, to try the pipeline)")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.shots_spin = QSpinBox()
+        self.shots_spin.setRange(1, 50)
+        self.shots_spin.setValue(5)
+        self.shots_spin.setToolTip("at most this many tagged images per class are used as supports")
+        form.addRow("Model", self.model_edit)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Shots", self.shots_spin)
+        inner.addLayout(form)
+        row = QHBoxLayout()
+        self.propose_button = QPushButton("Propose untagged images")
+        self.propose_button.clicked.connect(self.propose)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.propose_button, 1)
+        row.addWidget(self.cancel_button)
+        inner.addLayout(row)
+        row = QHBoxLayout()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setFormat("%v / %m")
+        self.progress_bar.setVisible(False)
+        self.run_label = QLabel("")
+        row.addWidget(self.progress_bar, 1)
+        row.addWidget(self.run_label)
+        inner.addLayout(row)
+        layout.addWidget(box)
+
+        box = QGroupBox("Review")
+        inner = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.previous_button = QPushButton("◀ Prev (⇧N)")
+        self.previous_button.clicked.connect(self.previous_image)
+        self.reject_button = QPushButton("Reject (X)")
+        self.reject_button.clicked.connect(self.reject)
+        self.accept_button = QPushButton("Accept (C)")
+        self.accept_button.clicked.connect(self.accept)
+        self.next_button = QPushButton("Next (N) ▶")
+        self.next_button.clicked.connect(self.next_image)
+        for b in (self.previous_button, self.reject_button, self.accept_button, self.next_button):
+            row.addWidget(b)
+        inner.addLayout(row)
+        self.export_button = QPushButton("Export dataset…")
+        self.export_button.clicked.connect(lambda: self.export())
+        inner.addWidget(self.export_button)
+        layout.addWidget(box)
+
+    @property
+    def running(self) -> bool:
+        """True while a proposal run is in progress."""
+        return self._run_holder.get("run") is not None
+
+    def _refresh_enabled(self) -> None:
+        has_session = self.session is not None
+        has_image = self.current is not None
+        for w in (self.add_class_button, self.new_class_edit, self.import_classes_button,
+                  self.export_classes_button, self.import_tags_button, self.export_button):
+            w.setEnabled(has_session)
+        for w in (self.accept_button, self.reject_button, self.next_button, self.previous_button):
+            w.setEnabled(has_image)
+        self.propose_button.setEnabled(has_session and not self.running)
+        self.cancel_button.setEnabled(self.running)
+        self.open_button.setEnabled(not self.running)
+
+    def _report(self, exc: Exception) -> None:
+        """Show a user-fixable error as a napari notification (never a traceback dialog)."""
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+
+    # ================================================================ session
+    def open_folder(self, path: str | Path | None = None) -> None:
+        """Open (or resume) the project of an image folder; a project folder may be given too."""
+        if self.running:
+            self._report(UserError("a proposal run is in progress; cancel it before opening another folder"))
+            return
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Open an image folder")
+            if not path:
+                return
+        self._capture_edits()
+        folder = Path(path)
+        try:
+            if (folder / PROJECT_FILE).is_file():
+                session = Session.open(folder)
+            else:
+                session = Session.open_or_create(folder)
+        except UserError as exc:
+            self._report(exc)
+            return
+        from napari.utils.notifications import show_warning
+
+        for warning in session.warnings:
+            show_warning(warning)
+        self.session = session
+        self.current = None
+        self._loaded = None
+        folder = session.image_folder
+        self.folder_label.setText(f"…/{folder.parent.name}/{folder.name}" if folder.parent.name else str(folder))
+        self.folder_label.setToolTip(f"images: {folder}\nproject: {session.project_dir}")
+        self._fill_image_table()
+        self._fill_class_table()
+        todo = [i for i in session.images if session.status(i) != ACCEPTED]
+        self.show_image((todo or session.images)[0])
+
+    def close_session(self) -> None:
+        """Capture pending edits and forget the session (its files stay on disk for resuming)."""
+        if self.running:
+            self.cancel()
+        self._capture_edits()
+        for role in ("labels", "image"):
+            layer = self._layer(role)
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+        self.session, self.current, self._loaded = None, None, None
+        self.image_table.setRowCount(0)
+        self.class_table.setRowCount(0)
+        self.folder_label.setText("no folder open")
+        self.counts_label.setText("")
+        self._refresh_enabled()
+
+    # ================================================================ image table
+    def _fill_image_table(self) -> None:
+        self._updating = True
+        try:
+            images = self.session.images
+            self.image_table.setRowCount(len(images))
+            for row, rel in enumerate(images):
+                item = QTableWidgetItem(rel)
+                item.setData(Qt.ItemDataRole.UserRole, rel)
+                self.image_table.setItem(row, 0, item)
+                self.image_table.setItem(row, 1, QTableWidgetItem())
+                self.image_table.setItem(row, 2, QTableWidgetItem())
+                self._update_image_row(rel, row)
+        finally:
+            self._updating = False
+        self._update_counts()
+
+    def _row_of(self, rel: str) -> int:
+        return self.session.images.index(rel)
+
+    def _update_image_row(self, rel: str, row: int | None = None) -> None:
+        row = self._row_of(rel) if row is None else row
+        status = self.session.status(rel)
+        item = self.image_table.item(row, 1)
+        item.setText(status)
+        item.setForeground(QColor(STATUS_COLORS[status]))
+        self.image_table.item(row, 2).setText(", ".join(self.session.tags_of(rel)))
+
+    def _update_counts(self) -> None:
+        counts = {k: v for k, v in self.session.counts().items() if v}
+        self.counts_label.setText(f"{len(self.session)} images: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+    def _on_image_row_changed(self, row: int, *_: int) -> None:
+        if self._updating or row < 0 or self.session is None:
+            return
+        rel = self.image_table.item(row, 0).data(Qt.ItemDataRole.UserRole)
+        if rel != self.current:
+            self.show_image(rel)
+
+    # ================================================================ class table
+    def _fill_class_table(self) -> None:
+        self._updating = True
+        try:
+            classes = list(self.session.classes)
+            tags = set(self.session.tags_of(self.current)) if self.current else set()
+            self.class_table.setRowCount(len(classes))
+            for row, info in enumerate(classes):
+                key = TAG_KEYS[row] if row < len(TAG_KEYS) else ""
+                tag = QTableWidgetItem(key)
+                tag.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
+                tag.setCheckState(Qt.CheckState.Checked if info.name in tags else Qt.CheckState.Unchecked)
+                tag.setToolTip(f"tag the current image with {info.name!r}" + (f" (key {key})" if key else ""))
+                name = QTableWidgetItem(info.name)
+                name.setData(Qt.ItemDataRole.UserRole, info.name)
+                name.setToolTip("double-click to rename")
+                color = QTableWidgetItem(info.hex_color)
+                color.setIcon(_swatch(info.color))
+                color.setFlags(Qt.ItemFlag.ItemIsEnabled)
+                color.setToolTip("click to change the colour")
+                for col, item in enumerate((tag, name, color)):
+                    self.class_table.setItem(row, col, item)
+        finally:
+            self._updating = False
+
+    def _on_class_item_changed(self, item: QTableWidgetItem) -> None:
+        if self._updating or self.session is None:
+            return
+        row = item.row()
+        old_name = self.class_table.item(row, 1).data(Qt.ItemDataRole.UserRole)
+        if item.column() == 0:
+            self.toggle_tag(old_name, item.checkState() == Qt.CheckState.Checked)
+        elif item.column() == 1:
+            self.rename_class(old_name, item.text())
+
+    def _on_class_cell_clicked(self, row: int, column: int) -> None:
+        if column != 2 or self.session is None:
+            return
+        name = self.class_table.item(row, 1).data(Qt.ItemDataRole.UserRole)
+        color = QColorDialog.getColor(QColor(self.session.classes.get(name).hex_color), self, f"Colour of {name}")
+        if color.isValid():
+            self.set_class_color(name, color.name())
+
+    def _classes_changed(self) -> None:
+        self._fill_class_table()
+        layer = self._layer("labels")
+        if layer is not None:
+            layer.colormap = label_colormap(self.session.classes)
+        if self.current is not None:
+            self._update_image_row(self.current)
+
+    def add_class(self, name: str, color: str | None = None) -> None:
+        """Add a class to the table (its id is the lowest free one)."""
+        try:
+            self.session.add_class(name, color=color)
+        except UserError as exc:
+            self._report(exc)
+            return
+        self.new_class_edit.clear()
+        self._classes_changed()
+
+    def rename_class(self, name: str, new_name: str) -> None:
+        """Rename a class; tags and masks keep it (they store its id)."""
+        try:
+            self.session.rename_class(name, new_name)
+        except UserError as exc:
+            self._report(exc)
+        self._classes_changed()
+        self._fill_image_table()
+
+    def set_class_color(self, name: str, color: str) -> None:
+        """Recolour a class (``#rrggbb``)."""
+        try:
+            self.session.set_class_color(name, color)
+        except UserError as exc:
+            self._report(exc)
+        self._classes_changed()
+
+    def import_classes_csv(self, path: str | Path | None = None) -> None:
+        """Merge an ``id,name,color`` CSV into the class table."""
+        path = path or QFileDialog.getOpenFileName(self, "Import classes", filter="CSV (*.csv)")[0]
+        if not path:
+            return
+        try:
+            self.session.import_classes_csv(path)
+        except UserError as exc:
+            self._report(exc)
+        self._classes_changed()
+
+    def export_classes_csv(self, path: str | Path | None = None) -> None:
+        """Write the class table as an ``id,name,color`` CSV."""
+        path = path or QFileDialog.getSaveFileName(self, "Export classes", "classes.csv", "CSV (*.csv)")[0]
+        if path:
+            self.session.export_classes_csv(path)
+
+    def import_tags_csv(self, path: str | Path | None = None) -> None:
+        """Apply an ``image,class`` CSV; rows that cannot be applied are listed in a warning."""
+        from napari.utils.notifications import show_info, show_warning
+
+        path = path or QFileDialog.getOpenFileName(self, "Import tags", filter="CSV (*.csv)")[0]
+        if not path:
+            return
+        try:
+            report = self.session.import_tags_csv(path)
+        except UserError as exc:
+            self._report(exc)
+            return
+        message = f"imported {report.tags_added} tag(s) on {len(report.images_tagged)} image(s)"
+        if report.new_classes:
+            message += f"; new classes: {', '.join(report.new_classes)}"
+        if report.ok:
+            show_info(message)
+        else:
+            show_warning(message + "; skipped rows:\n" + "\n".join(report.problems))
+        self._classes_changed()
+        self._fill_image_table()
+
+    # ================================================================ tags
+    def toggle_tag(self, class_name: str, on: bool | None = None) -> None:
+        """Tag (``on=True``), untag (``False``) or flip (``None``) ``class_name`` on the current image."""
+        if self.current is None:
+            return
+        try:
+            if on is None:
+                on = class_name not in self.session.tags_of(self.current)
+            (self.session.tag if on else self.session.untag)(self.current, class_name)
+        except UserError as exc:
+            self._report(exc)
+        self._fill_class_table()
+        self._update_image_row(self.current)
+        self._update_counts()
+
+    def toggle_tag_index(self, index: int) -> None:
+        """Flip the tag of the class in row ``index`` (0-based) of the class table, if there is one."""
+        if self.session is not None and index < len(self.session.classes):
+            self.toggle_tag(self.session.classes.names[index])
+
+    # ================================================================ layers
+    def _layer(self, role: str):
+        return next((lyr for lyr in self.viewer.layers if lyr.metadata.get(ROLE) == role), None)
+
+    def show_image(self, rel: str) -> None:
+        """Capture edits of the image shown, then show ``rel`` and its label map."""
+        if self.session is None:
+            return
+        self._capture_edits()
+        self.current = rel
+        image = self.session.read_image(rel)
+        layer = self._layer("image")
+        if layer is None:
+            self.viewer.add_image(image, name=rel, rgb=True, metadata={ROLE: "image"})
+            self.viewer.reset_view()
+        else:
+            shape_changed = layer.data.shape != image.shape
+            layer.data = image
+            layer.name = rel
+            if shape_changed:
+                self.viewer.reset_view()
+        self._bind_layer_keys(self._layer("image"), with_tags=True)
+        self._show_labels()
+        self._select_row(rel)
+        self._fill_class_table()
+        self._refresh_enabled()
+
+    def _show_labels(self) -> None:
+        """Show the current image's label map (or an empty one to paint) in the Labels layer.
+
+        The layer is reused (making one costs about a second under software OpenGL); its undo
+        history is cleared so napari's undo never reaches back into another image.
+        """
+        rel = self.current
+        stored = self.session.current_label_map(rel)
+        shape = self._layer("image").data.shape[:2]
+        data = stored if stored is not None else np.zeros(shape, np.uint8)
+        layer = self._layer("labels")
+        if layer is None:
+            layer = self.viewer.add_labels(data.copy(), name=f"labels: {rel}", metadata={ROLE: "labels"}, opacity=0.6)
+            self._bind_layer_keys(layer, with_tags=False)
+        else:
+            mode = layer.mode
+            layer.data = data.copy()
+            layer.name = f"labels: {rel}"
+            layer.editable = False  # public way to clear the undo history (napari resets it here)
+            layer.editable = True
+            layer.mode = mode
+        layer.colormap = label_colormap(self.session.classes)
+        if len(self.session.classes):
+            present = [c for c in self.session.classes.ids if c in np.unique(data)]
+            layer.selected_label = (present or self.session.classes.ids)[0]
+        self._loaded = data.copy()
+        self.viewer.layers.selection.active = layer if stored is not None else self._layer("image")
+
+    def _select_row(self, rel: str) -> None:
+        self._updating = True
+        try:
+            self.image_table.selectRow(self._row_of(rel))
+        finally:
+            self._updating = False
+
+    def _capture_edits(self) -> None:
+        """If the Labels layer differs from what was loaded, store it as the user's edit."""
+        layer = self._layer("labels")
+        if self.session is None or self.current is None or layer is None or self._loaded is None:
+            return
+        data = np.asarray(layer.data)
+        if data.shape == self._loaded.shape and np.array_equal(data, self._loaded):
+            return
+        try:
+            self.session.mark_edited(self.current, data)
+        except UserError as exc:
+            self._report(exc)
+            return
+        self._loaded = data.copy()
+        self._update_image_row(self.current)
+        self._update_counts()
+
+    # ================================================================ review
+    def _step(self, delta: int) -> None:
+        if self.current is None:
+            return
+        images = self.session.images
+        i = images.index(self.current) + delta
+        if 0 <= i < len(images):
+            self.show_image(images[i])
+
+    def next_image(self) -> None:
+        """Show the next image (edits of this one are kept)."""
+        self._step(+1)
+
+    def previous_image(self) -> None:
+        """Show the previous image (edits of this one are kept)."""
+        self._step(-1)
+
+    def accept(self) -> None:
+        """Accept the current label map as the image's mask (saved at once), then go to the next image."""
+        layer = self._layer("labels")
+        if self.current is None or layer is None:
+            return
+        try:
+            self.session.accept(self.current, label_map=np.asarray(layer.data))
+        except UserError as exc:
+            self._report(exc)
+            return
+        self._loaded = np.asarray(layer.data).copy()
+        self._after_review()
+
+    def reject(self) -> None:
+        """Reject the current proposal (it is deleted; a later run may propose again), then go on."""
+        if self.current is None:
+            return
+        try:
+            self.session.reject(self.current)
+        except UserError as exc:
+            self._report(exc)
+            return
+        self._loaded = None  # the discarded edit must not be captured again
+        self._after_review()
+
+    def _after_review(self) -> None:
+        rel = self.current
+        self._update_image_row(rel)
+        self._update_counts()
+        images = self.session.images
+        if images.index(rel) + 1 < len(images):
+            self.next_image()
+        else:
+            self._show_labels()
+
+    # ================================================================ proposals
+    def _engine_options(self) -> dict[str, Any]:
+        return {
+            "project": str(self.session.project_dir),
+            "model": self.model_edit.text().strip() or "default",
+            "device": self.device_combo.currentText(),
+            "shots": self.shots_spin.value(),
+        }
+
+    def propose(self) -> None:
+        """Propose label maps for every image without tags, proposal or mask, in a child process;
+        results stream in as images finish."""
+        from napari.qt.threading import create_worker
+
+        if self.session is None or self.running:
+            return
+        from napari.utils.notifications import show_info
+
+        self._capture_edits()
+        if not self.session.images_tagged():
+            self._report(UserError("tag at least one image with a class before proposing (tick a class or press 1-9)"))
+            return
+        targets = default_queries(self.session)
+        if not targets:
+            show_info("nothing to propose: every image is tagged, proposed or done")
+            return
+        self.session.save()
+        self._run_session = self.session
+        run = EngineProcess(self._engine_options(), engine=self.engine_spec)
+        self._run_holder["run"] = run
+        self._run_model = self.model_edit.text().strip() or "default"
+        self._run_count = 0
+        self.progress_bar.setRange(0, len(targets))
+        self.progress_bar.setValue(0)
+        self.progress_bar.setVisible(True)
+        self.run_label.setText(f"proposing {len(targets)} images…")
+        worker = create_worker(_store_proposals, run, self.session, self._run_model, _ignore_errors=True)
+        worker.yielded.connect(self._on_run_event)
+        worker.errored.connect(self._report)
+        worker.finished.connect(self._on_worker_finished)
+        self._worker = worker
+        self._refresh_enabled()
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the run after the image in progress (the child is killed if it does not stop soon)."""
+        run = self._run_holder.get("run")
+        if run is not None:
+            run.cancel()
+            self.run_label.setText("cancelling…")
+
+    def _on_run_event(self, event) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(event, ProposalStored):
+            self._run_count += 1
+            self.run_label.setText(f"{self._run_count} proposed")
+            if self.session is self._run_session:  # else the user closed it meanwhile: stored, not shown
+                self._update_image_row(event.image)
+                self._update_counts()
+                if event.stored and event.image == self.current and self._unedited():
+                    self._show_labels()
+            self.progress_bar.setValue(min(self._run_count, self.progress_bar.maximum()))
+        elif isinstance(event, RunFailed):
+            if event.details:
+                log.error("proposal run failed: %s\n%s", event.message, event.details)
+            show_error(event.message if event.user_error else f"proposal run failed: {event.message}")
+        elif isinstance(event, RunFinished):
+            verb = "cancelled after" if event.cancelled else "finished:"
+            self.run_label.setText(f"{verb} {self._run_count} proposed")
+            show_info(f"proposal run {verb} {self._run_count} image(s) proposed")
+
+    def _unedited(self) -> bool:
+        layer = self._layer("labels")
+        return layer is None or self._loaded is None or np.array_equal(np.asarray(layer.data), self._loaded)
+
+    def _on_worker_finished(self) -> None:
+        run = self._run_holder.pop("run", None)
+        if run is not None:
+            run.close()
+        self.progress_bar.setVisible(False)
+        self._worker = None
+        self._refresh_enabled()
+
+    # ================================================================ export
+    def export(self, out_dir: str | Path | None = None) -> None:
+        """Export accepted, edited and proposed images as a dataset folder (off the UI thread)."""
+        from napari.qt.threading import create_worker
+
+        from napari_wfss.export import export_session
+
+        if self.session is None:
+            return
+        out_dir = out_dir or QFileDialog.getExistingDirectory(self, "Export to folder")
+        if not out_dir:
+            return
+        self._capture_edits()
+        worker = create_worker(export_session, self.session, out_dir, _ignore_errors=True)
+        worker.returned.connect(self._on_exported)
+        worker.errored.connect(self._report)
+        self.export_button.setEnabled(False)
+        worker.finished.connect(lambda: self.export_button.setEnabled(self.session is not None))
+        self._export_worker = worker
+        worker.start()
+
+    def _on_exported(self, summary) -> None:
+        from napari.utils.notifications import show_info
+
+        self.last_export = summary
+        show_info(f"exported {summary.count} image(s) to {summary.out_dir}")
+
+    # ================================================================ keys
+    def _key_actions(self, with_tags: bool) -> dict[str, Any]:
+        actions = {key: getattr(self, method) for key, method in REVIEW_KEYS.items()}
+        if with_tags:
+            actions.update({key: partial(self.toggle_tag_index, i) for i, key in enumerate(TAG_KEYS)})
+        return actions
+
+    def _bind(self, provider, with_tags: bool) -> None:
+        for key, action in self._key_actions(with_tags).items():
+            provider.bind_key(key, lambda _provider, action=action: action(), overwrite=True)
+
+    def _bind_viewer_keys(self) -> None:
+        self._bind(self.viewer, with_tags=True)
+        self.destroyed.connect(partial(_unbind, [self.viewer], list(self._key_actions(True))))
+
+    def _bind_layer_keys(self, layer, with_tags: bool) -> None:
+        if not layer.metadata.get("wfss_keys"):
+            self._bind(layer, with_tags)
+            layer.metadata["wfss_keys"] = True

@@ -1,0 +1,279 @@
+"""The dock widget end to end under Xvfb: open, tag, propose, edit, accept, export, resume, cancel.
+
+``fake_engine`` runs in the engine's child process (this module is imported there by name), so the
+module's top-level imports stay light (no Qt, no napari).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import keep_only
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("child_sees_tests")]
+
+
+def fake_engine(project: str, **options: object):
+    """Stand-in for the model: a centred box of one tagged class per image, ``WFSS_FAKE_DELAY`` s each."""
+    from napari_wfss.engine import default_queries
+    from napari_wfss.session import Session
+
+    delay = float(os.environ.get("WFSS_FAKE_DELAY", "0"))
+    session = Session.open(project)
+    ids = session.classes.ids
+    for i, rel in enumerate(default_queries(session)):
+        time.sleep(delay)
+        h, w = session.read_image(rel).shape[:2]
+        label_map = np.zeros((h, w), np.uint8)
+        label_map[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = ids[i % len(ids)]
+        yield rel, label_map
+
+
+@pytest.fixture
+def widget(make_napari_viewer_proxy, qtbot):
+    from napari_wfss._widget import WfssWidget
+
+    viewer = make_napari_viewer_proxy()
+    w = WfssWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Few-shot labelling")
+    w.engine_spec = f"{__name__}:fake_engine"
+    yield w
+    if w.running:
+        w.cancel()
+        qtbot.waitUntil(lambda: not w.running, timeout=30_000)
+
+
+def _labels(widget):
+    return widget._layer("labels")
+
+
+def _wait_run(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def _tag_two_images(widget):
+    widget.add_class("coin")
+    widget.add_class("cat")
+    widget.show_image("coin_00.png")
+    widget.toggle_tag_index(0)  # key 1
+    widget.show_image("cat_00.png")
+    tick = widget.class_table.item(1, 0)  # one click on the "cat" tick box
+    from qtpy.QtCore import Qt
+
+    tick.setCheckState(Qt.CheckState.Checked)
+
+
+def _other_label(layer, point):
+    """A class id (1 or 2) different from the layer's value at ``point``: painting it changes the data."""
+    return 1 if layer.data[point] != 1 else 2
+
+
+def test_open_tag_propose_edit_accept_export_resume(widget, sample_images, tiny_model, qtbot, tmp_path):
+    """The whole loop with the real engine (a small random-weight model, in the child process)."""
+    from napari_wfss._engine_process import DEFAULT_ENGINE
+    from napari_wfss.session import ACCEPTED, EDITED, PROPOSED, TAGGED, UNTAGGED
+
+    widget.engine_spec = DEFAULT_ENGINE
+    widget.model_edit.setText(tiny_model)
+    widget.device_combo.setCurrentText("cpu")
+    widget.shots_spin.setValue(1)
+    keep_only(sample_images, {"cat_00.png", "cup_00.png", "texture_brick.png"} | {f"coin_0{i}.png" for i in range(5)})
+    widget.open_folder(sample_images)
+    s = widget.session
+    assert widget.image_table.rowCount() == 8 and widget._layer("image") is not None
+    _tag_two_images(widget)
+    assert s.tags_of("coin_00.png") == ["coin"] and s.tags_of("cat_00.png") == ["cat"]
+    assert s.status("cat_00.png") == TAGGED
+
+    widget.show_image("coin_02.png")
+    widget.propose()
+    assert widget.running
+    _wait_run(qtbot, widget, timeout=600_000)
+    assert s.counts()[PROPOSED] == 6 and s.counts()[UNTAGGED] == 0
+    assert "finished" in widget.run_label.text()
+    assert s.info("coin_02.png").proposal_model == tiny_model
+
+    # the proposal of the image on screen appeared in its layer; edit it with napari's own tools,
+    # undo works on it, and accepting stores the edit
+    layer = _labels(widget)
+    proposal = s.proposal("coin_02.png")
+    assert set(np.unique(proposal)) <= {0, 1, 2}
+    np.testing.assert_array_equal(layer.data, proposal)
+    assert layer.colormap.map(np.array([1]))[0, :3].tolist() == pytest.approx(
+        [c / 255 for c in s.classes.get("coin").color])
+    layer.brush_size = 1
+    label = _other_label(layer, (5, 5))
+    layer.paint((5, 5), label)
+    assert layer.data[5, 5] == label
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, proposal)
+    layer.paint((5, 5), label)
+    edited = np.asarray(layer.data).copy()
+    widget.accept()
+    assert s.status("coin_02.png") == ACCEPTED
+    np.testing.assert_array_equal(s.mask("coin_02.png"), edited)
+    assert widget.current == "coin_03.png"  # accept moves on
+
+    # an edit is captured when the user moves on without accepting
+    _labels(widget).paint((3, 3), _other_label(_labels(widget), (3, 3)))
+    widget.next_image()
+    assert s.status("coin_03.png") == EDITED
+    widget.show_image("coin_04.png")
+    widget.reject()
+    assert s.status("coin_04.png") == "rejected"
+
+    out = tmp_path / "export"
+    widget.export(out)
+    qtbot.waitUntil(lambda: widget.last_export is not None, timeout=30_000)
+    assert widget.last_export.count == 5  # 3 proposed + 1 accepted + 1 edited; the rejected one is out
+    coco = json.loads((out / "coco.json").read_text())
+    assert len(coco["images"]) == widget.last_export.count
+    assert (out / "masks" / f"{s.key('coin_02.png')}.png").is_file()
+
+    # close and resume: statuses, tags and the accepted edit come back
+    widget.close_session()
+    assert widget.session is None and widget._layer("image") is None
+    widget.open_folder(sample_images)
+    r = widget.session
+    assert r.status("coin_02.png") == ACCEPTED and r.status("coin_03.png") == EDITED
+    assert r.tags_of("cat_00.png") == ["cat"]
+    np.testing.assert_array_equal(r.mask("coin_02.png"), edited)
+    assert widget.current == r.images[0]
+
+
+def test_cancel_midway_keeps_finished_proposals(widget, sample_images, qtbot, monkeypatch):
+    from napari_wfss.session import PROPOSED, UNTAGGED
+
+    monkeypatch.setenv("WFSS_FAKE_DELAY", "0.3")
+    widget.open_folder(sample_images)
+    _tag_two_images(widget)
+    widget.propose()
+    qtbot.waitUntil(lambda: widget.session.counts()[PROPOSED] >= 2, timeout=60_000)
+    widget.cancel()
+    _wait_run(qtbot, widget, timeout=30_000)
+    counts = widget.session.counts()
+    assert 2 <= counts[PROPOSED] < 16 and counts[UNTAGGED] == 16 - counts[PROPOSED]
+    assert "cancelled" in widget.run_label.text()
+    assert widget.propose_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_keys_tag_and_navigate_on_the_canvas(make_napari_viewer, sample_images, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_wfss._widget import WfssWidget
+
+    viewer = make_napari_viewer()
+    widget = WfssWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.open_folder(sample_images)
+    widget.add_class("coin")
+    widget.add_class("cat")
+    canvas = viewer.window._qt_viewer.canvas.native
+    first = widget.current
+    assert viewer.layers.selection.active is widget._layer("image")
+    qtbot.keyClick(canvas, Qt.Key.Key_2)
+    assert widget.session.tags_of(first) == ["cat"]
+    qtbot.keyClick(canvas, Qt.Key.Key_N)
+    assert widget.current == widget.session.images[1]
+    qtbot.keyClick(canvas, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
+    assert widget.current == first
+    viewer.layers.selection.active = widget._layer("labels")
+    qtbot.keyClick(canvas, Qt.Key.Key_2)  # on the Labels layer 2 stays napari's paint brush
+    assert widget._layer("labels").mode == "paint" and widget.session.tags_of(first) == ["cat"]
+    qtbot.keyClick(canvas, Qt.Key.Key_C)  # accept, on the Labels layer too
+    assert widget.session.status(first) == "accepted" and widget.current == widget.session.images[1]
+
+
+def test_reader_opens_a_folder_in_the_widget(make_napari_viewer_proxy, sample_images):
+    viewer = make_napari_viewer_proxy()
+    assert viewer.open(str(sample_images), plugin="napari-wfss") == []
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wfss", "Few-shot labelling")
+    assert widget.session is not None and widget.session.image_folder == sample_images.resolve()
+    assert [lyr.metadata.get("wfss_role") for lyr in viewer.layers] == ["image", "labels"]
+
+
+def test_sample_data_opens_the_tagged_sample(make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    viewer = make_napari_viewer_proxy()
+    viewer.open_sample("napari-wfss", "wfss_sample")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wfss", "Few-shot labelling")
+    qtbot.waitUntil(lambda: widget.session is not None and bool(widget.session.images_tagged()), timeout=10_000)
+    assert widget.session.classes.names == ["coin", "cat", "cup"]
+    assert len(widget.session.images_tagged()) == 7
+    assert [lyr.metadata.get("wfss_role") for lyr in viewer.layers] == ["image", "labels"]  # the sample layer adopted
+
+
+def failing_engine(project: str, **options: object):
+    """One proposal, then a user-fixable error."""
+    from hhn.errors import UserError
+    from napari_wfss.session import UNTAGGED, Session
+
+    session = Session.open(project)
+    rel = session.images_with_status(UNTAGGED)[0]
+    h, w = session.read_image(rel).shape[:2]
+    yield rel, np.zeros((h, w), np.uint8)
+    raise UserError("the model file is missing; run `wfss weights` to see where to put it")
+
+
+def test_engine_errors_become_notifications_and_the_ui_stays_usable(widget, sample_images, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    widget.engine_spec = f"{__name__}:failing_engine"
+    widget.open_folder(sample_images)
+    widget.propose()  # nothing tagged yet: refused with a message, no run
+    assert not widget.running
+    _tag_two_images(widget)
+    before = len(notification_manager.records)
+    widget.propose()
+    _wait_run(qtbot, widget)
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("run `wfss weights`" in m for m in messages), messages
+    assert widget.session.counts()["proposed"] == 1
+    assert widget.propose_button.isEnabled()
+    widget.next_image()  # still responsive
+    assert widget.current == widget.session.images[widget.session.images.index("cat_00.png") + 1]
+
+
+def test_undo_never_reaches_into_the_previous_image(widget, sample_images):
+    widget.open_folder(sample_images)
+    widget.add_class("coin")
+    first = widget.current
+    layer = _labels(widget)
+    layer.paint((5, 5), 1)
+    widget.next_image()
+    assert widget.session.status(first) == "edited"
+    assert _labels(widget) is layer  # the layer is reused ...
+    before = np.asarray(layer.data).copy()
+    layer.undo()  # ... with a fresh history
+    np.testing.assert_array_equal(layer.data, before)
+    layer.paint((7, 7), 1)
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_class_table_rename_recolour_and_csv_round_trip(widget, sample_images, tmp_path):
+    widget.open_folder(sample_images)
+    widget.add_class("coin")
+    widget.add_class("cat")
+    widget.add_class("coin")  # duplicate: refused with a notification, table unchanged
+    assert widget.class_table.rowCount() == 2
+
+    name_item = widget.class_table.item(1, 1)
+    name_item.setText("kitten")  # what a double-click edit does
+    assert widget.session.classes.names == ["coin", "kitten"]
+    assert widget.class_table.item(1, 1).text() == "kitten"
+
+    widget.set_class_color("coin", "#ff0000")
+    assert _labels(widget).colormap.map(np.array([1]))[0].tolist() == pytest.approx([1.0, 0.0, 0.0, 1.0])
+
+    csv_path = tmp_path / "classes.csv"
+    widget.export_classes_csv(csv_path)
+    assert csv_path.read_text().splitlines() == ["id,name,color", "1,coin,#ff0000", f"2,kitten,{widget.session.classes.get('kitten').hex_color}"]
+    extra = tmp_path / "more.csv"
+    extra.write_text("id,name,color\n3,dog,#00ff00\n")
+    widget.import_classes_csv(extra)
+    assert widget.session.classes.names == ["coin", "kitten", "dog"] and widget.class_table.rowCount() == 3
