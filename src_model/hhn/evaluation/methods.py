@@ -1,0 +1,110 @@
+"""The methods ``wfss eval`` compares. Each turns one episode's inputs into a query mask.
+
+- ``all-fg``: every pixel foreground (the trivial floor; FB-IoU exposes it).
+- ``prior``: the tag prior of the query alone, thresholded (``ClassPrior.threshold``).
+- ``map``: masked-average-pooling prototypes on the frozen backbone descriptors.
+- ``hhn``: the network through ``hhn.predictor.Predictor``.
+
+Support supervision: under ``masks`` the support masks are the ground truth (``uint8``, 255 = ignore);
+under ``tags`` they are the support priors (``float32`` in ``[0, 1]``), which ``map`` thresholds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from hhn.evaluation.baselines import area_weights, binary_to_float, map_scores, upsample
+from hhn.priors.base import ClassPrior
+from hhn.priors.features import DenseFeatures
+
+
+@dataclass
+class MethodInputs:
+    """What a method may look at (never the query's ground truth).
+
+    class_name: the episode class. query_image / support_images: ``uint8 (H, W, 3)``. support_masks: ``uint8`` {0, 1, 255} ground truth
+    (``masks``) or ``float32`` priors in [0, 1] (``tags``). query_prior: ``float32 (H, W)`` in [0, 1] or
+    None when the method does not use one.
+    """
+
+    class_name: str
+    query_image: np.ndarray
+    support_images: list[np.ndarray]
+    support_masks: list[np.ndarray]
+    query_prior: np.ndarray | None
+
+
+class Method(ABC):
+    """A way to segment the query of an episode."""
+
+    name = ""
+    needs_query_prior = False
+    needs_support_masks = True
+
+    @abstractmethod
+    def predict(self, inputs: MethodInputs) -> np.ndarray:
+        """``bool (H, W)`` foreground mask of the query."""
+
+
+class AllForeground(Method):
+    name = "all-fg"
+    needs_support_masks = False
+
+    def predict(self, inputs: MethodInputs) -> np.ndarray:
+        return np.ones(inputs.query_image.shape[:2], dtype=bool)
+
+
+class PriorOnly(Method):
+    name = "prior"
+    needs_query_prior = True
+    needs_support_masks = False
+
+    def predict(self, inputs: MethodInputs) -> np.ndarray:
+        return inputs.query_prior > ClassPrior.threshold
+
+
+class MaskedAveragePooling(Method):
+    """MAP prototypes; priors are thresholded at ``ClassPrior.threshold`` into hard support masks."""
+
+    name = "map"
+
+    def __init__(self, features: DenseFeatures) -> None:
+        self.features = features
+
+    def predict(self, inputs: MethodInputs) -> np.ndarray:
+        q = self.features(inputs.query_image)
+        grid = tuple(q.shape[-2:])
+        feats, fgs, bgs = [], [], []
+        for image, mask in zip(inputs.support_images, inputs.support_masks):
+            if np.issubdtype(mask.dtype, np.floating):
+                mask = (mask > ClassPrior.threshold).astype(np.float32)
+            fg, bg = area_weights(mask, grid)
+            feats.append(self.features(image))
+            fgs.append(fg)
+            bgs.append(bg)
+        return upsample(map_scores(q, feats, fgs, bgs), inputs.query_image.shape[:2]) > 0
+
+
+class HHNMethod(Method):
+    """The network: supports (masks or priors as float maps) and the query prior through a ``Predictor``.
+
+    Args:
+        predictor: an ``hhn.predictor.Predictor``.
+        text: class name -> ``ClassEmbeddings`` (``hhn.text.TextEncoder.class_embeddings``) for models
+            that use CLIP text; None otherwise.
+    """
+
+    name = "hhn"
+    needs_query_prior = True
+
+    def __init__(self, predictor, text=None) -> None:
+        self.predictor, self.text = predictor, text
+
+    def predict(self, inputs: MethodInputs) -> np.ndarray:
+        masks = [binary_to_float(m) if m.dtype == np.uint8 else m for m in inputs.support_masks]
+        text = self.text(inputs.class_name) if self.text is not None else None
+        support = self.predictor.encode_support(inputs.support_images, masks, text=text)
+        return self.predictor.predict(inputs.query_image, support, inputs.query_prior).mask

@@ -1,0 +1,11 @@
+"""Tag priors: where a class probably is in an image, learnt from image-level tags.
+
+- ``base``: the interface (``TaggedImage``, ``TagPrior.fit`` -> ``ClassPrior``; user masks replace the prior).
+- ``coseg``: the CLIP-free co-segmentation prior on frozen EfficientNet-Lite0 features (offline default).
+- ``gradcam``: CLIP RN50 Grad-CAM of "a photo of a {class}" (needs CLIP weights).
+- ``features``: the dense backbone descriptors the co-segmentation prior and the MAP baseline share.
+"""
+
+from hhn.priors.base import ClassPrior, TaggedImage, TagPrior, as_tagged
+
+__all__ = ["ClassPrior", "TagPrior", "TaggedImage", "as_tagged"]

@@ -1,0 +1,97 @@
+"""Dense frozen-backbone descriptors shared by the co-segmentation prior and the MAP baseline.
+
+An image is squash-resized to ``size x size`` and ImageNet-normalised (``hhn.preprocess``), then run
+through a backbone of the ``hhn.backbones`` registry (default EfficientNet-Lite0, ImageNet weights).
+The backbone's ``support_taps`` (the last tap of its stride-8, -16 and -32 groups; for Lite0 blocks 4,
+10 and 15 with 40, 112 and 320 channels) are bilinearly resized to the stride-8 grid, L2-normalised
+per tap, concatenated and L2-normalised again, so a dot product of two descriptors is a cosine
+similarity in which the three strides weigh equally (``descriptors_from_taps``).
+
+The same function turns the taps of ``hhn.predictor.EncodedImage`` into descriptors, so an
+application that already encoded an image for the network need not run the backbone again.
+
+Descriptors are cached per image in memory (float16, about 1.5 MB per image at 320x320) and the taps,
+with ``cache_dir``, on disk (``.npz`` named by the SHA-1 of the pixels, the backbone and the input size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hhn.backbones import BACKBONES, build_backbone
+from hhn.preprocess import to_network_input
+
+
+def image_key(image: np.ndarray) -> str:
+    """SHA-1 of an image's shape and pixels (a cache key that survives renames)."""
+    h = hashlib.sha1(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def descriptors_from_taps(taps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Tap maps ``(C_i, h_i, w_i)`` or ``(1, C_i, h_i, w_i)``, first one at stride 8 ->
+    ``float32 (sum C_i, h_0, w_0)`` descriptors of unit L2 norm (each tap normalised first)."""
+    maps = [t[0] if t.dim() == 4 else t for t in taps]
+    size = tuple(maps[0].shape[-2:])
+    out = [F.normalize(F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0], dim=0)
+           for m in maps]
+    return F.normalize(torch.cat(out, dim=0), dim=0)
+
+
+class DenseFeatures:
+    """Image -> unit-norm descriptors on the backbone's stride-8 grid.
+
+    Args:
+        backbone: a name of ``hhn.backbones.BACKBONES``.
+        size: square network input side; the grid is ``size / 8`` per side.
+        device: torch device for the backbone.
+        cache_dir: optional folder for the on-disk tap cache.
+        pretrained: load the backbone's ImageNet weights (``hhn.weights``); False = random (tests).
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", size: int = 320, device: str | torch.device = "cpu",
+                 cache_dir: str | Path | None = None, pretrained: bool = True) -> None:
+        self.backbone, self.size, self.pretrained = backbone, int(size), pretrained
+        self.taps = BACKBONES[backbone].support_taps
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._model: torch.nn.Module | None = None
+        self._memory: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        """Descriptor length (40 + 112 + 320 = 472 for EfficientNet-Lite0)."""
+        return sum(BACKBONES[self.backbone].tap_channels[i] for i in self.taps)
+
+    def _tap_maps(self, image: np.ndarray, key: str) -> list[torch.Tensor]:
+        path = self.cache_dir / f"{key}.npz" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                maps = [torch.from_numpy(z[f"t{i}"]) for i in range(len(self.taps))]
+        else:
+            if self._model is None:
+                self._model = build_backbone(self.backbone, (self.size, self.size), self.pretrained).to(self.device)
+            with torch.no_grad():
+                out = self._model(to_network_input(image, (self.size, self.size)).to(self.device))
+            maps = [out[i][0].float().cpu() for i in self.taps]
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.stem + ".tmp.npz")
+                np.savez(tmp, **{f"t{i}": m.numpy() for i, m in enumerate(maps)})
+                tmp.replace(path)
+        return maps
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)``, every descriptor of unit L2 norm."""
+        weights = "imagenet" if self.pretrained else "random"
+        key = f"{image_key(image)}-{self.backbone}-{weights}-{self.size}"
+        if key not in self._memory:
+            self._memory[key] = descriptors_from_taps(self._tap_maps(image, key)).half()
+        return self._memory[key].float()

@@ -1,0 +1,75 @@
+"""``wfss eval`` end to end on a tiny synthetic generic dataset written by the test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_data import write_generic_dataset
+
+from hhn.data.episodes import EpisodeSampler
+from hhn.data.generic import GenericDataset
+from napari_wfss.cli import main
+
+KEYS = {"miou", "fbiou", "per_class", "episodes", "shots", "precision", "recall", "method", "support"}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return write_generic_dataset(tmp_path_factory.mktemp("eval") / "synth")
+
+
+def _eval(capsys, root, *extra: str) -> dict:
+    code = main(["eval", "--data", str(root), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
+                 "--device", "cpu", "--json", *extra])
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_all_fg_json_matches_hand_count(synth, capsys):
+    result = _eval(capsys, synth, "--method", "all-fg", "--shots", "2")
+    assert set(result) >= KEYS and result["episodes"] == 6 and result["shots"] == 2
+    # the same episodes, scored independently: all-fg IoU = |true fg| / |valid| pooled per class
+    ds = GenericDataset(synth)
+    inter, union = {"square": 0, "disk": 0}, {"square": 0, "disk": 0}
+    sampler = EpisodeSampler(ds, classes=["square", "disk"], shots=2, seed=1, prior_positives=3, prior_negatives=3)
+    for ep in sampler.episodes(6):
+        gt = ds.binary_mask(ep.query, ep.class_name)
+        inter[ep.class_name] += int((gt == 1).sum())
+        union[ep.class_name] += int((gt != 255).sum())
+    expected = {c: 100 * inter[c] / max(union[c], 1) for c in inter}
+    assert result["per_class"] == pytest.approx(expected, abs=0.01)
+    assert result["miou"] == pytest.approx(np.mean(list(expected.values())), abs=0.01)
+    assert all(r == pytest.approx(1.0) for r in result["recall"].values() if r)
+
+
+def test_map_with_masks_beats_all_fg(synth, capsys):
+    trivial = _eval(capsys, synth, "--method", "all-fg")
+    result = _eval(capsys, synth, "--method", "map", "--support", "masks")
+    assert set(result["per_class"]) == {"square", "disk"}
+    assert 0 <= result["miou"] <= 100 and 0 <= result["fbiou"] <= 100
+    assert result["fbiou"] > trivial["fbiou"]
+
+
+def test_prior_and_map_with_tags(synth, capsys):
+    for method in ("prior", "map"):
+        result = _eval(capsys, synth, "--method", method, "--support", "tags", "--prior-negatives", "2")
+        assert result["method"] == method and result["support"] == "tags" and result["prior"] == "coseg"
+        assert 0 <= result["miou"] <= 100 and 0 <= result["fbiou"] <= 100
+
+
+def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model):
+    result = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--support", "masks")
+    assert result["method"] == "hhn" and 0 <= result["miou"] <= 100
+
+
+def test_table_output_and_user_errors(synth, capsys):
+    assert main(["eval", "--data", str(synth), "--test-classes", "square", "--episodes", "2",
+                 "--method", "all-fg"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "square" in out
+    assert main(["eval", "--data", str(synth), "--test-classes", "zebra", "--method", "all-fg"]) == 2
+    assert "unknown class 'zebra'" in capsys.readouterr().err
+    assert main(["eval", "--data", str(synth), "--fold", "0", "--method", "all-fg"]) == 2
+    assert "folds.json" in capsys.readouterr().err

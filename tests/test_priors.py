@@ -1,0 +1,185 @@
+"""Tag priors: the interface, the co-segmentation prior and the CLIP Grad-CAM prior (random tiny CLIP)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hhn.errors import PriorUnavailableError
+from hhn.priors.base import TaggedImage
+from hhn.priors.coseg import CosegPrior, otsu
+from hhn.priors.features import DenseFeatures, descriptors_from_taps
+
+SIZE, CELL = 32, 4
+
+
+def _scene(rng: np.random.Generator, square: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Gray noise over green grass; optionally a red 12x12 square on the 4-pixel grid. Returns image, mask."""
+    image = rng.integers(100, 130, size=(SIZE, SIZE, 3)).astype(np.uint8)
+    image[24:] = (40, 150, 40)
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    if square:
+        y, x = CELL * rng.integers(0, 3), CELL * rng.integers(0, 5)
+        image[y:y + 12, x:x + 12] = (220, 30, 30)
+        mask[y:y + 12, x:x + 12] = 1.0
+    return image, mask
+
+
+def colour_features(image: np.ndarray) -> torch.Tensor:
+    """Mean colour of each 4x4 cell as a unit vector: (3, 8, 8) descriptors (a stand-in for a backbone)."""
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0
+    return F.normalize(F.avg_pool2d(x, CELL)[0], dim=0)
+
+
+def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float((pred & gt).sum() / max((pred | gt).sum(), 1))
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_coseg_finds_what_recurs_in_positives_only(refine):
+    rng = np.random.default_rng(0)
+    positives = [_scene(rng, True) for _ in range(4)]
+    negatives = [_scene(rng, False)[0] for _ in range(3)]
+    prior = CosegPrior(features=colour_features, bank_pool=1, refine=refine)
+    fitted = prior.fit("square", [TaggedImage(im) for im, _ in positives], negatives)
+    query, truth = _scene(rng, True)
+    for image, mask in [*positives, (query, truth)]:  # positives (leave-one-out) and an unseen query
+        out = fitted(image)
+        assert out.shape == (SIZE, SIZE) and out.dtype == np.float32
+        assert _iou(out > 0.5, mask > 0.5) > 0.8
+    if refine:  # the second pass has a fixed threshold: an image without the class stays empty
+        assert not (fitted(negatives[0]) > 0.5).any()
+
+
+def test_user_mask_replaces_prior_and_teaches_it():
+    rng = np.random.default_rng(1)
+    (a, mask_a), (b, mask_b) = _scene(rng, True), _scene(rng, True)
+    prior = CosegPrior(features=colour_features, bank_pool=1, refine=False)
+    taught = prior.fit("square", [TaggedImage(a, mask_a), TaggedImage(b)])
+    assert np.array_equal(taught(TaggedImage(a, mask_a)), mask_a)  # the user's mask is returned as is
+    assert _iou(taught(b) > 0.5, mask_b > 0.5) > 0.8                # and it taught the prior
+    untaught = prior.fit("square", [TaggedImage(a), TaggedImage(b)])
+    # one other tagged image and no negative: everything in b recurs in a, nothing is discriminative
+    assert _iou(untaught(b) > 0.5, mask_b > 0.5) < 0.5
+
+
+def test_coseg_shapes_and_range_with_backbone_features():
+    features = DenseFeatures(size=64, pretrained=False)
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, size=(37 + 5 * i, 53, 3), dtype=np.uint8) for i in range(4)]
+    fitted = CosegPrior(features=features).fit("thing", images[:3], images[3:])
+    for image in images:
+        out = fitted(image)
+        assert out.shape == image.shape[:2] and out.dtype == np.float32
+        assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+    assert features(images[0]).shape == (features.dim, 8, 8)
+
+
+def test_descriptors_unit_norm_on_stride8_grid():
+    taps = [torch.randn(1, 4, 10, 12), torch.randn(1, 6, 5, 6), torch.randn(7, 3, 3)]
+    d = descriptors_from_taps(taps)
+    assert d.shape == (17, 10, 12)
+    assert torch.allclose(d.norm(dim=0), torch.ones(10, 12), atol=1e-5)
+
+
+def test_otsu_splits_two_modes():
+    values = torch.cat([torch.full((50,), 0.1), torch.full((30,), 0.9)]) + 0.01 * torch.randn(80)
+    assert 0.2 < otsu(values) < 0.8
+    assert otsu(torch.ones(5)) == pytest.approx(1.0)
+
+
+def test_tagged_image_validation():
+    with pytest.raises(ValueError, match="uint8"):
+        TaggedImage(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="match"):
+        TaggedImage(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        TaggedImage(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2.0, np.float32))
+
+
+# ---------------------------------------------------------------- CLIP Grad-CAM
+@pytest.fixture(scope="module")
+def tiny_clip():
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(1)  # a random model whose CAMs are not all negative (ReLU -> flat) for these inputs
+    model = CLIP(embed_dim=32,
+                 vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, head_width=8, image_size=64),
+                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    return model, open_clip.get_tokenizer("RN50")
+
+
+@pytest.mark.parametrize("vocabulary", [(), ("dog", "grass", "sky")])
+def test_gradcam_shapes_and_range(tiny_clip, vocabulary):
+    from hhn.priors.gradcam import GradCamPrior
+
+    model, tokenizer = tiny_clip
+    prior = GradCamPrior(model, tokenizer, vocabulary=vocabulary)
+    fitted = prior.fit("cat")
+    rng = np.random.default_rng(3)
+    for shape in [(45, 70, 3), (64, 64, 3)]:
+        out = fitted(rng.integers(0, 256, size=shape, dtype=np.uint8))
+        assert out.shape == shape[:2] and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert out.max() == pytest.approx(1.0) and out.min() == pytest.approx(0.0)  # min-max normalised
+    assert all(p.grad is None for p in model.parameters())  # Grad-CAM leaves the model untouched
+    mask = np.zeros((45, 70), np.float32)
+    image = rng.integers(0, 256, size=(45, 70, 3), dtype=np.uint8)
+    assert np.array_equal(fitted(TaggedImage(image, mask)), mask)
+
+
+def test_gradcam_matches_reference_formula(tiny_clip):
+    """Recompute the CAM without hooks: A = layer4 output, w = mean of dScore/dA, ReLU(sum w A), min-max."""
+    from hhn.priors.gradcam import CLIP_MEAN, CLIP_STD, PROMPT, GradCamPrior
+
+    model, tokenizer = tiny_clip
+    image = np.random.default_rng(5).integers(0, 256, size=(50, 40, 3), dtype=np.uint8)
+    got = GradCamPrior(model, tokenizer, vocabulary=("dog",)).fit("cat")(image)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    x = F.interpolate(x, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+    x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    v = model.visual
+    acts = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x))))).detach().requires_grad_(True)
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokenizer([PROMPT.format("cat"), PROMPT.format("dog")])), dim=-1)
+    score = (100 * F.normalize(v.attnpool(acts), dim=-1) @ text.T).softmax(-1)[0, 0]
+    (grads,) = torch.autograd.grad(score, acts)
+    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=(50, 40), mode="bilinear", align_corners=False)[0, 0].detach()
+    cam = (cam - cam.min()) / (cam.max() - cam.min())
+    assert np.allclose(got, cam.numpy(), atol=1e-5)
+
+
+def test_gradcam_class_changes_map(tiny_clip):
+    from hhn.priors.gradcam import GradCamPrior
+
+    model, tokenizer = tiny_clip
+    prior = GradCamPrior(model, tokenizer, vocabulary=("dog", "cat", "boat"))
+    image = np.random.default_rng(4).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    assert not np.allclose(prior.fit("cat")(image), prior.fit("boat")(image))
+
+
+def test_gradcam_unavailable_weights(tmp_path, monkeypatch):
+    from hhn.priors.gradcam import GradCamPrior
+
+    with pytest.raises(PriorUnavailableError, match="coseg"):
+        GradCamPrior.from_pretrained("RN50", str(tmp_path / "missing.safetensors"))
+    import hhn.weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hhn.weights, "_cached_clip_file", lambda *a, **k: None)  # as on a machine without them
+    with pytest.raises(PriorUnavailableError, match="RN50"):
+        GradCamPrior.from_pretrained("RN50", "openai")
+
+
+def test_gradcam_needs_a_resnet(tiny_clip):
+    from hhn.priors.gradcam import GradCamPrior
+
+    class NotResNet(torch.nn.Module):
+        visual = torch.nn.Identity()
+
+    with pytest.raises(ValueError, match="ResNet"):
+        GradCamPrior(NotResNet(), tiny_clip[1])
