@@ -22,16 +22,27 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="compute device; auto picks cuda, then mps, then cpu (default: auto)")
 
 
-def _add_episode_args(p: argparse.ArgumentParser, episodes: int) -> None:
+def _add_fold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-classes", default=None,
                    help="comma-separated class names held out as novel classes (generic layout)")
     p.add_argument("--fold", type=int, default=None,
                    help="standard fold index for pascal/coco layouts (0-3)")
+    p.add_argument("--seed", type=int, default=0, help="episode sampling seed (default: 0)")
+
+
+def _add_episode_args(p: argparse.ArgumentParser, episodes: int) -> None:
+    _add_fold_args(p)
     p.add_argument("--shots", type=int, default=1, help="support images per episode (default: 1)")
     p.add_argument("--episodes", type=int, default=episodes, help=f"number of episodes (default: {episodes})")
-    p.add_argument("--seed", type=int, default=0, help="episode sampling seed (default: 0)")
     p.add_argument("--support", default="tags", choices=("tags", "masks"),
                    help="support supervision: tags = image-level class names only (priors), masks = pixel masks")
+
+
+def _add_prior_gallery(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior-positives", type=int, default=3,
+                   help="extra images tagged with the class that the prior may learn from (default: 3)")
+    p.add_argument("--prior-negatives", type=int, default=3,
+                   help="images without the class that the prior may learn from (default: 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("label", help="label every untagged image of a folder (batch, resumable)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Propose a label map for every untagged image of FOLDER from the images "
-                                   "tagged in TAGS.csv, and write the export layout to OUT.")
+                                   "tagged in TAGS.csv, and write the export layout to OUT.",
+                       epilog="OUT receives masks/ (palette PNGs), images/, coco.json, classes.txt, classes.json, "
+                              "manifest.json|csv,\nand the run's state in OUT/.wfss-project (FOLDER is never "
+                              "written). Rerun the same command to resume.\n"
+                              "exit status: 0 done (unreadable images are skipped with a warning); 1 no image "
+                              "could be labelled;\n2 bad input (message says what to fix); 130 interrupted.")
     p.add_argument("folder", help="folder of images")
     p.add_argument("--tags", required=True, help="CSV with 'image,class' rows (an image may have several rows)")
     p.add_argument("--out", required=True, help="output folder (project state + export); rerun to resume")
-    p.add_argument("--model", default="default", help="'default' (shipped offline model) or a checkpoint path")
+    p.add_argument("--model", default="default",
+                   help="'default' (shipped offline model), a checkpoint path, local-dir:FOLDER, or "
+                        "preset:NAME (random heads: untrained, only to try the pipeline) (default: default)")
     p.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
     p.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="background where no class reaches this foreground probability (default: 0.5)")
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
     _add_device(p)
     p.set_defaults(run="napari_wfss.batch:run_label_cli")
@@ -65,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.safetensors")
-    _add_episode_args(p, episodes=300)
+    _add_prior_gallery(p)
+    _add_fold_args(p)
     _add_device(p)
     p.set_defaults(run="hhn.training.cli:run_train_cli")
 
@@ -78,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hhn = the model; prior = the tag prior alone; map = masked-average-pooling "
                         "prototype; all-fg = predict every pixel as foreground")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--prior", default="coseg", choices=("coseg", "gradcam"),
+                   help="tag prior: coseg = CLIP-free co-segmentation of the tagged images; gradcam = CLIP "
+                        "RN50 Grad-CAM (needs CLIP weights) (default: coseg)")
+    _add_prior_gallery(p)
+    p.add_argument("--negatives", default="context", choices=("context", "random"),
+                   help="prior negatives: context = whose tags overlap the supports' other tags (default)")
+    p.add_argument("--min-fraction", type=float, default=0.0,
+                   help="a class is present in an image when it covers at least this fraction (default: 0)")
+    p.add_argument("--exclude", default=None, help="comma-separated classes never used as episode classes")
+    p.add_argument("--cache-dir", default=None, help="folder to keep backbone features between runs")
     _add_episode_args(p, episodes=1000)
     _add_device(p)
     p.set_defaults(run="hhn.evaluation.cli:run_eval_cli")
@@ -93,12 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which class phrase tables the model was trained with")
     p.set_defaults(run="hhn.checkpoints:run_convert_cli")
 
-    p = sub.add_parser("bench", help="print speed and memory numbers (forward time, peak RSS)",
-                       description="Benchmark the network and the predictor on random inputs.")
+    p = sub.add_parser("bench", help="print speed and memory numbers (forward / training-step time, peak RSS)",
+                       description="Benchmark the network and the predictor on random inputs; with "
+                                   "--train-step, one training step on cached backbone features instead.")
     p.add_argument("--preset", action="append", default=None,
-                   help="preset(s) to time (default: tlg-resnet50-pascal and wfss-lite0)")
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards per preset (median reported)")
+                   help="preset(s) to time (default: tlg-resnet50-pascal and wfss-lite0; "
+                        "with --train-step: wfss-lite0)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per preset (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--train-step", action="store_true",
+                   help="time a training step (forward + loss + backward + AdamW) instead of inference")
+    p.add_argument("--batch-size", type=int, default=8, help="episodes per training step (default: 8)")
+    p.add_argument("--image-size", default=None,
+                   help="override the preset's input size: SIDE or HEIGHTxWIDTH, e.g. 288 (default: preset's)")
     _add_device(p)
     p.set_defaults(run="hhn.bench:run_bench_cli")
 

@@ -1,0 +1,1 @@
+"""Episode training of HHN heads on cached frozen-backbone features (``wfss train``)."""

@@ -1,0 +1,84 @@
+"""Tag priors for training, computed once per (image, class) from a seeded gallery.
+
+Test time (``hhn.evaluation.runner``, the engine) fits the class's tag prior on the tagged images of an
+episode (supports + extra positives) against negatives, then maps the query. Training needs the prior
+of every (image, class) pair many times, so it is computed once per pair with the same protocol: the
+prior of class c is fitted on ``positives`` other images tagged c (never the image itself, as for a
+query) against ``negatives`` context-matched images without c, then mapped on the image.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from hhn.data.base import SegmentationDataset
+from hhn.data.episodes import EpisodeSampler
+from hhn.preprocess import resize_mask
+from hhn.priors.base import TagPrior
+
+
+class PriorBank:
+    """``prior(name, class_name)`` -> ``float32 (h, w)`` in [0, 1] at ``size`` (computed once, kept in RAM).
+
+    Args:
+        dataset: the training dataset.
+        prior: the tag prior (e.g. ``CosegPrior``).
+        size: stored resolution (the decoder head size is enough: the network resizes priors itself).
+        positives / negatives: gallery sizes (as ``wfss eval --prior-positives/--prior-negatives``).
+        seed: gallery seed.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, prior: TagPrior, size: tuple[int, int],
+                 positives: int = 3, negatives: int = 3, seed: int = 0) -> None:
+        self.dataset, self.tag_prior, self.size = dataset, prior, tuple(size)
+        self.positives, self.seed = positives, seed
+        self._negatives = EpisodeSampler(dataset, shots=1, seed=seed, prior_negatives=negatives)
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
+
+    def _rng(self, name: str, class_name: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(f"{name}\0{class_name}".encode())])
+
+    def prior(self, name: str, class_name: str) -> np.ndarray:
+        key = (name, class_name)
+        if key not in self._maps:
+            rng = self._rng(name, class_name)
+            others = [n for n in self.dataset.images_with(class_name) if n != name]
+            pos = [others[i] for i in rng.permutation(len(others))[:self.positives]]
+            neg = self._negatives.negatives_for(class_name, (name,), rng)
+            fitted = self.tag_prior.fit(class_name, [self.dataset.load_image(n) for n in pos],
+                                    [self.dataset.load_image(n) for n in neg])
+            self._maps[key] = resize_mask(fitted(self.dataset.load_image(name)), self.size, soft=True)
+        return self._maps[key]
+
+    def fill(self, pairs: Iterable[tuple[str, str]], progress: Callable[[int, int], None] | None = None) -> None:
+        """Compute the priors of ``pairs`` now (so training steps never wait on them)."""
+        pairs = list(pairs)
+        for i, (name, class_name) in enumerate(pairs):
+            self.prior(name, class_name)
+            if progress is not None:
+                progress(i + 1, len(pairs))
+
+    def save(self, path: str | Path) -> None:
+        """Keep the computed priors in an ``.npz`` (atomic write) to skip them on ``--resume``."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **{f"{n}\0{c}": m.astype(np.float16) for (n, c), m in self._maps.items()})
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> None:
+        """Read priors saved by :meth:`save` (missing file: nothing to do)."""
+        path = Path(path)
+        if not path.is_file():
+            return
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                name, class_name = key.split("\0")
+                self._maps[(name, class_name)] = z[key].astype(np.float32)
+
+    def __call__(self, episode) -> tuple[np.ndarray, np.ndarray]:
+        """``episode -> (query_prior, first_support_prior)`` for the training loop."""
+        return self.prior(episode.query, episode.class_name), self.prior(episode.supports[0], episode.class_name)

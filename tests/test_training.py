@@ -1,0 +1,113 @@
+"""Training: a tiny run lowers the loss; checkpoints resume exactly; recipes and CLI guard rails."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from test_data import write_generic_dataset
+
+from hhn.config import load_preset
+from hhn.data.episodes import EpisodeSampler
+from hhn.data.generic import GenericDataset
+from hhn.errors import UserError
+from hhn.network import HHN
+from hhn.priors.coseg import CosegPrior
+from hhn.priors.features import DenseFeatures
+from hhn.training.banks import FeatureBank, TargetBank
+from hhn.training.loop import Trainer, learning_rate
+from hhn.training.priors import PriorBank
+from hhn.training.recipes import RECIPES, get_recipe
+
+SIZE = 64  # network input for tests: stride-8 grid 8x8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    root = write_generic_dataset(tmp_path_factory.mktemp("synth"), n_images=12, size=48)
+    dataset = GenericDataset(root)
+    recipe = replace(get_recipe("ours"), batch_size=2, lr=3e-3)
+    config = recipe.apply_to(replace(load_preset("wfss-lite0"), image_size=(SIZE, SIZE)))
+    model = HHN(config, pretrained_backbone=True)
+    classes = ("square", "disk")
+    names = sorted({n for c in classes for n in dataset.images_with(c)})
+    features = FeatureBank(model, dataset, names)
+    targets = TargetBank(dataset, config.image_size)
+    priors = PriorBank(dataset, CosegPrior(features=DenseFeatures(size=SIZE)), config.geometry.head_size)
+    sampler = EpisodeSampler(dataset, classes=classes, shots=1, seed=0)
+    return dataset, recipe, config, features, targets, priors, sampler
+
+
+def _trainer(setup, out, steps, model=None):
+    dataset, recipe, config, features, targets, priors, sampler = setup
+    if model is None:
+        torch.manual_seed(1)
+        model = HHN(config, pretrained_backbone=True)
+    return Trainer(model, recipe, out, features, targets, priors,
+                   lambda step: [sampler.episode(2 * step + i) for i in range(2)], steps, seed=0,
+                   log=lambda s: None, checkpoint_every=5)
+
+
+def test_banks_shapes_and_ranges(setup):
+    dataset, recipe, config, features, targets, priors, sampler = setup
+    name = dataset.images_with("square")[0]
+    taps = features.features(name)
+    assert all(t.dtype == torch.float16 and t.ndim == 3 for t in taps)
+    target = targets.target(name, "square")
+    assert target.shape == (SIZE, SIZE) and set(np.unique(target)) <= {0, 1, 255} and (target == 1).any()
+    prior = priors.prior(name, "square")
+    assert prior.shape == config.geometry.head_size and prior.dtype == np.float32
+    assert prior.min() >= 0.0 and prior.max() <= 1.0
+
+
+def test_tiny_training_run_lowers_the_loss(setup, tmp_path):
+    losses = _trainer(setup, tmp_path / "run", steps=40).run()
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert np.isfinite(losses).all()
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_continues_exactly(setup, tmp_path):
+    straight = _trainer(setup, tmp_path / "a", steps=10).run()
+    first = _trainer(setup, tmp_path / "b", steps=10)
+    first.run(until=5)  # as if killed after the step-5 checkpoint
+    resumed = _trainer(setup, tmp_path / "b", steps=10)
+    assert resumed.resume() and resumed.step == 5
+    rest = resumed.run()
+    np.testing.assert_allclose(rest, straight[5:], rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_is_not_trained(setup, tmp_path):
+    trainer = _trainer(setup, tmp_path / "run", steps=2)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    trainer.run()
+    after = trainer.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_recipes_differ_where_documented():
+    paper, ours = RECIPES["paper"], RECIPES["ours"]
+    assert paper.norm_penalty == 1e-4 and ours.norm_penalty == 0.0
+    assert not paper.ignore_void and ours.ignore_void
+    config = load_preset("wfss-lite0")
+    assert not paper.apply_to(config).grad_through_fusion and ours.apply_to(config).mask_support_features
+    assert learning_rate(paper, 500, 1000) == paper.lr
+    assert learning_rate(ours, 0, 1000) == pytest.approx(ours.lr)
+    assert learning_rate(ours, 1000, 1000) == pytest.approx(0.05 * ours.lr)
+    with pytest.raises(UserError, match="unknown training recipe"):
+        get_recipe("fast")
+
+
+def test_train_cli_requires_held_out_classes(tmp_path):
+    from hhn.training.cli import run_train_cli
+
+    root = write_generic_dataset(tmp_path / "synth")
+    args = argparse.Namespace(data=str(root), layout="auto", preset="wfss-lite0", recipe="ours", out=str(tmp_path / "o"),
+                              steps=1, resume=False, test_classes=None, fold=None, seed=0, device="cpu",
+                              prior_positives=3, prior_negatives=3)
+    with pytest.raises(UserError, match="held-out"):
+        run_train_cli(args)
