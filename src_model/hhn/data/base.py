@@ -58,7 +58,10 @@ class SegmentationDataset(ABC):
         exclude: class names never used as episode classes (e.g. ``horse`` on MSRC, 3 images).
     """
 
-    def __init__(self, min_fraction: float = 0.0, exclude: Iterable[str] = ()) -> None:
+    def __init__(self, class_names: Mapping[int, str], names: Iterable[str], min_fraction: float = 0.0,
+                 exclude: Iterable[str] = ()) -> None:
+        self._class_names = dict(class_names)
+        self._names = tuple(names)
         if not 0.0 <= min_fraction < 1.0:
             raise ValueError(f"min_fraction must be in [0, 1), got {min_fraction}")
         self.min_fraction = float(min_fraction)
@@ -70,14 +73,14 @@ class SegmentationDataset(ABC):
 
     # --- what subclasses provide -------------------------------------------------------------
     @property
-    @abstractmethod
     def class_names(self) -> Mapping[int, str]:
         """Label value -> class name for the real classes (background and ignore are not listed)."""
+        return self._class_names
 
     @property
-    @abstractmethod
     def names(self) -> tuple[str, ...]:
         """All image names (stable order)."""
+        return self._names
 
     @abstractmethod
     def image_path(self, name: str) -> Path:

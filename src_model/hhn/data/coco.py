@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from hhn.data.base import DatasetError, SegmentationDataset
@@ -91,18 +91,10 @@ class CocoDataset(SegmentationDataset):
         else:
             ann = self.root / "annotations" / self.subset
             self._names = tuple(sorted(f"{self.subset}/{p.stem}" for p in ann.glob("*.png")))
-        super().__init__(min_fraction=min_fraction, exclude=exclude)
+        super().__init__(self._class_names, self._names, min_fraction=min_fraction, exclude=exclude)
         if listed is None:
             listed = [(n, c) for c in self.split_classes for n in self.images_with(c)]
         self.pairs = self.select_pairs(listed, self.split_classes)
-
-    @property
-    def class_names(self) -> Mapping[int, str]:
-        return self._class_names
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
 
     def image_path(self, name: str) -> Path:
         return self.root / f"{name}.jpg"

@@ -13,7 +13,7 @@ Images without a mask are skipped (they are unlabelled). A class named ``backgro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from hhn.data.base import IGNORE, DatasetError, SegmentationDataset
@@ -63,7 +63,7 @@ class GenericDataset(SegmentationDataset):
         self._names = tuple(sorted(s for s in self._images if (masks_dir / f"{s}.png").is_file()))
         if not self._names:
             raise DatasetError(f"no image in {self.root / 'images'} has a mask in {masks_dir} (same file stem).")
-        super().__init__(min_fraction=min_fraction, exclude=exclude)
+        super().__init__(self._class_names, self._names, min_fraction=min_fraction, exclude=exclude)
 
     @staticmethod
     def _index_images(images_dir: Path) -> dict[str, Path]:
@@ -77,14 +77,6 @@ class GenericDataset(SegmentationDataset):
                                        "rename one of them.")
                 found[p.stem] = p
         return found
-
-    @property
-    def class_names(self) -> Mapping[int, str]:
-        return self._class_names
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
 
     def image_path(self, name: str) -> Path:
         return self._images[name]

@@ -14,7 +14,7 @@ the union of ``trn/fold<j>.txt`` for j != f. Without the split lists, pairs are 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from hhn.data.base import DatasetError, SegmentationDataset
@@ -62,7 +62,7 @@ class PascalDataset(SegmentationDataset):
         splits = Path(splits_dir) if splits_dir is not None else self.root / "splits" / "pascal"
         listed = self._read_lists(splits)
         self._names = tuple(sorted({img for img, _ in listed})) if listed is not None else self._read_imagesets()
-        super().__init__(min_fraction=min_fraction, exclude=exclude)
+        super().__init__(self._class_names, self._names, min_fraction=min_fraction, exclude=exclude)
         if listed is None:
             listed = [(n, c) for c in self.split_classes for n in self.images_with(c)]
         self.pairs = self.select_pairs(listed, self.split_classes)
@@ -87,14 +87,6 @@ class PascalDataset(SegmentationDataset):
             raise DatasetError(f"neither the HSNet split lists nor {lst} exist; add the split lists "
                                "(splits/pascal/{trn,val}/fold<f>.txt) under the dataset root.")
         return tuple(sorted(set(lst.read_text().split())))
-
-    @property
-    def class_names(self) -> Mapping[int, str]:
-        return self._class_names
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
 
     def image_path(self, name: str) -> Path:
         return self.root / "JPEGImages" / f"{name}.jpg"
