@@ -63,3 +63,15 @@ def tiny_model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny_model") / "model"
     subprocess.run([sys.executable, "-c", _TINY_MODEL, str(path)], check=True, timeout=300)
     return str(path.with_suffix(".json"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small CPU forwards are faster single-threaded on the shared 2-core machines (no spin-waits).
+    torch is imported here, not at module level: GUI tests check which process imports it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,10 +11,12 @@ import torchvision
 
 from hhn.backbones import BACKBONES
 from hhn.config import SUPPORTED_BACKBONES, HHNConfig, list_presets, load_preset
-from hhn.correlation import correlation_pyramid, swap_pyramid
-from hhn.encoder4d import CenterPivotConv4d
+from hhn.correlation import NORM_EPS, correlation_pyramid
+from hhn.encoder4d import CenterPivotConv4d, GroupNormReLUFunction, SqueezeEncoder, channels_last_4d
 from hhn.errors import UserError
 from hhn.network import HHN, ClassEmbeddings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = (64, 64)
 
@@ -34,15 +36,6 @@ def inputs(batch: int, size=SMALL, seed: int = 0):
     return (torch.randn(batch, 3, h, w, generator=gen), torch.randn(batch, 3, h, w, generator=gen),
             (torch.rand(batch, h, w, generator=gen) > 0.5).float(),
             (torch.rand(batch, h, w, generator=gen) > 0.5).float())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU forwards are faster single-threaded on the shared 2-core machines (no spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -207,33 +200,91 @@ def test_resnet_determinism_and_batch_independence(resnet_small):
     torch.testing.assert_close(both[0][1:], single[0], rtol=1e-4, atol=1e-5)
 
 
-def test_support_to_query_correlation_is_the_swapped_query_to_support_one():
+def test_correlation_is_the_clamped_cosine_and_swaps_with_its_arguments():
     gen = torch.Generator().manual_seed(0)
     a = [torch.randn(2, 8, 5, 6, generator=gen), torch.randn(2, 8, 3, 3, generator=gen)]
     b = [torch.randn(2, 8, 5, 6, generator=gen), torch.randn(2, 8, 3, 3, generator=gen)]
     groups = ((1,), (0,))
-    direct = correlation_pyramid(b, a, groups)
-    swapped = swap_pyramid(correlation_pyramid(a, b, groups))
-    for d, s in zip(direct, swapped):
-        torch.testing.assert_close(d, s)
-    assert direct[1].min() >= 0
+    pyramid = correlation_pyramid(a, b, groups)
+    for level, group in zip(pyramid, groups):
+        unit_a, unit_b = (f[group[0]] / (f[group[0]].norm(dim=1, keepdim=True) + NORM_EPS) for f in (a, b))
+        expected = torch.einsum("bcij,bckl->bijkl", unit_a, unit_b).clamp(min=0).unsqueeze(1)
+        torch.testing.assert_close(level, expected)
+        assert level.permute(0, 2, 3, 4, 5, 1).is_contiguous()  # channels-last, as the encoder wants
+    for direct, swapped in zip(correlation_pyramid(b, a, groups), pyramid):
+        torch.testing.assert_close(direct, swapped.permute(0, 1, 4, 5, 2, 3))
+    assert pyramid[1].min() == 0 and pyramid[1].max() <= 1
 
 
-@pytest.mark.parametrize("stride", [1, 2, 3])
-def test_center_pivot_conv4d_matches_its_definition(stride):
+def _center_pivot_by_loops(conv: CenterPivotConv4d, x: torch.Tensor) -> torch.Tensor:
+    """The definition: at pivot (k, m) of the second image, conv ``first`` over the first image's dims;
+    at position (i, j) of the first image, strided conv ``second`` over the second image's dims; sum."""
+    s = conv.stride
+    pivots_h, pivots_w = range(0, x.shape[4], s), range(0, x.shape[5], s)
+    rows = []
+    for i in range(x.shape[2]):
+        cols = []
+        for j in range(x.shape[3]):
+            second = conv.second(x[:, :, i, j])
+            cols.append(torch.stack([torch.stack([conv.first(x[:, :, :, :, k, m])[:, :, i, j] + second[:, :, a, b]
+                                                  for b, m in enumerate(pivots_w)], dim=-1)
+                                     for a, k in enumerate(pivots_h)], dim=-2))
+        rows.append(torch.stack(cols, dim=2))
+    return torch.stack(rows, dim=2)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "second_dims"), [
+    (3, 1, (7, 6)), (3, 2, (7, 6)), (3, 3, (7, 6)), (5, 4, (10, 9)),  # second image conv as a 2D conv
+    (3, 1, (2, 2)), (3, 2, (3, 3)), (3, 1, (3, 2)), (5, 4, (4, 5)),  # ... as a matrix product (grid <= kernel)
+])
+def test_center_pivot_conv4d_matches_its_loop_definition(kernel, stride, second_dims):
     torch.manual_seed(0)
-    conv = CenterPivotConv4d(2, 3, kernel=3, stride=stride)
-    x = torch.randn(1, 2, 4, 5, 7, 6)
+    conv = CenterPivotConv4d(2, 3, kernel=kernel, stride=stride).double()
+    x = torch.randn(2, 2, 4, 5, *second_dims, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, 4, 5, *(-(-d // stride) for d in second_dims), dtype=torch.float64)
     out = conv(x)
-    pivots_h, pivots_w = range(0, 7, stride), range(0, 6, stride)
-    assert out.shape == (1, 3, 4, 5, len(pivots_h), len(pivots_w))
-    for a, k in enumerate(pivots_h):
-        for b, m in enumerate(pivots_w):  # conv over the first image's dims at pivot (k, m)
-            first = conv.first(x[:, :, :, :, k, m])
-            for i in range(4):
-                for j in range(5):  # strided conv over the second image's dims at (i, j)
-                    second = conv.second(x[:, :, i, j])[:, :, a, b]
-                    torch.testing.assert_close(out[:, :, i, j, a, b], first[:, :, i, j] + second)
+    assert out.permute(0, 2, 3, 4, 5, 1).is_contiguous()  # stored channels-last
+    grads = torch.autograd.grad((out * weights).sum(), [x, *conv.parameters()])
+    expected = _center_pivot_by_loops(conv, x)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [x, *conv.parameters()])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the layout of the input does not matter
+        torch.testing.assert_close(conv(channels_last_4d(x)), out, rtol=0, atol=0)
+        torch.testing.assert_close(conv(x.contiguous()), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_fused_group_norm_relu_equals_torch_group_norm_then_relu(offset):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 50, 8, generator=gen, dtype=torch.float64) + offset).requires_grad_()
+    weight = torch.randn(8, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 50, 8, generator=gen, dtype=torch.float64)
+    ours = GroupNormReLUFunction.apply(x, weight, bias, 4, 1e-5)
+    reference = F.relu(F.group_norm(x.transpose(1, 2), 4, weight, bias, 1e-5)).transpose(1, 2)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((ours * upstream).sum(), [x, weight, bias])
+    want = torch.autograd.grad((reference * upstream).sum(), [x, weight, bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda *t: GroupNormReLUFunction.apply(*t, 4, 1e-5),
+                                    (x[:1, :6].detach().requires_grad_(), weight, bias))
+
+
+def test_squeeze_encoder_output_does_not_depend_on_the_input_layout():
+    torch.manual_seed(0)
+    encoder = SqueezeEncoder([1, 2, 1]).eval()
+    gen = torch.Generator().manual_seed(1)
+    feats = [torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 4, 4, generator=gen),
+             torch.randn(1, 4, 4, 4, generator=gen), torch.randn(1, 4, 2, 2, generator=gen)]
+    pyramid = correlation_pyramid(feats, [f.flip(-1) for f in feats], ((3,), (1, 2), (0,)))
+    with torch.no_grad():
+        channels_last = encoder(pyramid)
+        contiguous = encoder([p.contiguous() for p in pyramid])
+    assert channels_last.shape == (1, 128, 8, 8) and channels_last.is_contiguous()
+    torch.testing.assert_close(channels_last, contiguous, rtol=0, atol=0)
 
 
 def test_query_only_path_equals_the_full_forward(resnet_small):

@@ -12,18 +12,12 @@ from hhn.config import load_preset
 from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
-from hhn.predictor import IMAGENET_MEAN, IMAGENET_STD, InvalidInputError, Predictor
+from hhn.predictor import InvalidInputError, Predictor
+from hhn.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = (64, 64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU forwards are faster single-threaded on the shared 2-core machines (no spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,6 @@ import torch.nn.functional as F
 NORM_EPS = 1e-5
 
 
-def layer_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Clamped cosine similarity between every position of two feature maps.
-
-    first (B, C, Ha, Wa), second (B, C, Hb, Wb) float -> (B, Ha, Wa, Hb, Wb) in [0, 1]:
-    ``max(0, <a_i / (|a_i| + eps), b_j / (|b_j| + eps)>)``.
-    """
-    bsz, ch, ha, wa = first.shape
-    hb, wb = second.shape[-2:]
-    a = first.reshape(bsz, ch, -1)
-    a = a / (a.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
-    b = second.reshape(bsz, ch, -1)
-    b = b / (b.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
-    return torch.bmm(a.transpose(1, 2), b).view(bsz, ha, wa, hb, wb).clamp(min=0)
-
-
 def weight_by_mask(features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
     """HSNet-style masking: each map (B, C, h, w) times ``mask`` (B, H, W) in [0, 1] resized to (h, w)
     (bilinear, align_corners=True). Used only when ``config.mask_support_features`` is on."""
@@ -33,19 +18,34 @@ def weight_by_mask(features: Sequence[torch.Tensor], mask: torch.Tensor) -> list
     return [f * F.interpolate(mask, f.shape[-2:], mode="bilinear", align_corners=True) for f in features]
 
 
+def _unit_columns(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, h*w): each position's channel vector divided by (its 2-norm + 1e-5)."""
+    flat = features.reshape(*features.shape[:2], -1)
+    return flat / (flat.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
+
+
+@torch.no_grad()
 def correlation_pyramid(first: Sequence[torch.Tensor], second: Sequence[torch.Tensor],
                         groups: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    """Correlations of paired taps, stacked per group.
+    """Clamped cosine similarities of paired taps, stacked per group (no autograd: the inputs are
+    frozen backbone features).
 
-    first / second: the tap lists of two images (same backbone). groups: tap indices per group, in
-    the encoder's order (deep, middle, shallow). Returns one (B, n_taps_in_group, Ha, Wa, Hb, Wb)
-    tensor per group, whose dims 2-3 index ``first``'s positions and dims 4-5 ``second``'s.
+    first / second: the tap lists of two images (same backbone), float (B, C_t, h_t, w_t). groups:
+    tap indices per group, in the encoder's order (deep, middle, shallow). Returns one
+    (B, n_taps_in_group, Ha, Wa, Hb, Wb) tensor per group with values in [0, 1],
+    ``max(0, <a_i / (|a_i| + eps), b_j / (|b_j| + eps)>)`` for position i of ``first``'s tap (dims 2-3)
+    and j of ``second``'s (dims 4-5). Stored channels-last (the tap dim innermost; see
+    :func:`hhn.encoder4d.channels_last_4d`). ``correlation_pyramid(second, first, groups)`` is this one
+    with the two position pairs swapped.
     """
-    return [torch.stack([layer_correlation(first[i], second[i]) for i in group], dim=1) for group in groups]
-
-
-def swap_pyramid(pyramid: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """corr(second -> first) from corr(first -> second): swap the two position pairs (a view).
-
-    Exactly equal to recomputing it, since the cosine similarity is symmetric (spec, intro)."""
-    return [c.permute(0, 1, 4, 5, 2, 3) for c in pyramid]
+    pyramid = []
+    for group in groups:
+        bsz, _, ha, wa = first[group[0]].shape
+        hb, wb = second[group[0]].shape[-2:]
+        stacked = first[group[0]].new_empty(bsz, ha * wa, hb * wb, len(group))
+        scratch = stacked.new_empty(bsz, ha * wa, hb * wb)  # one buffer: no fresh pages per tap
+        for slot, tap in enumerate(group):
+            torch.bmm(_unit_columns(first[tap]).transpose(1, 2), _unit_columns(second[tap]), out=scratch)
+            torch.clamp(scratch, min=0, out=stacked[..., slot])
+        pyramid.append(stacked.view(bsz, ha, wa, hb, wb, -1).permute(0, 5, 1, 2, 3, 4))
+    return pyramid

@@ -3,8 +3,9 @@
 Data flow for one (query, support) pair (spec section 1; sizes for ResNet-50 at 400x400):
 
 1. Backbone taps of both images (frozen, eval, no grad).
-2. Correlation pyramids ``corr_q = corr(query -> support)`` and ``corr_s`` = the same tensor with the
-   two position pairs swapped (identical to recomputing it). The shared :class:`SqueezeEncoder` gives
+2. Correlation pyramids ``corr_q = corr(query -> support)`` and ``corr_s = corr(support -> query)``
+   (``corr_q`` with the two position pairs swapped; recomputed, which is cheaper than re-laying out the
+   swapped view for the encoder). The shared :class:`SqueezeEncoder` gives
    ``Hq = enc(corr_q)`` (query-aligned) and ``Hs = enc(corr_s)`` (support-aligned), (B, 128, 50, 50).
 3. HA: 1x1 convs (one per channel count, shared) of the (low, mid, high) taps, mid/high resized to the
    stride-8 grid (bilinear, align_corners=True), concat -> ``aggregation.fuse`` -> Fs / Fq.
@@ -51,7 +52,7 @@ from torch import nn
 
 from hhn.backbones import BACKBONES
 from hhn.config import HHNConfig
-from hhn.correlation import correlation_pyramid, swap_pyramid, weight_by_mask
+from hhn.correlation import correlation_pyramid, weight_by_mask
 from hhn.encoder4d import ENCODER_DIM, SqueezeEncoder
 from hhn.transport import SelfAttention, TransportAttention
 
@@ -235,10 +236,8 @@ class HHN(nn.Module):
             if support_weight is None:
                 raise ValueError(f"model {self.config.name!r} masks support features: pass a support weight")
             correlated_support = weight_by_mask(support_feats, support_weight)
-        corr_query = correlation_pyramid(query_feats, correlated_support, groups)
-        encoded_query = self.correlation_encoder(corr_query)  # Hq, query-aligned
-        encoded_support = self.correlation_encoder(swap_pyramid(corr_query))  # Hs, support-aligned
-        del corr_query
+        encoded_query = self.correlation_encoder(correlation_pyramid(query_feats, correlated_support, groups))  # Hq
+        encoded_support = self.correlation_encoder(correlation_pyramid(correlated_support, query_feats, groups))  # Hs
 
         # QUIRK: one residual for both branches, from the SUPPORT mid tap (conv before upsampling).
         residual = F.interpolate(self.aggregation.project_tap(support_feats[spec.residual_tap]),

@@ -9,11 +9,12 @@ Typical use::
 
 Images are numpy uint8 (H, W, 3) RGB of any size; they are squash-resized (aspect ratio not kept, as
 in the paper) to the network geometry with antialiased bilinear interpolation and ImageNet-normalised.
-Masks and priors are float (H, W) in [0, 1] at their image's size, resized the same way (not
-thresholded). K-shot: one 1-shot forward per support; ``fg_prob`` is the mean over shots of the
-foreground softmax and ``mask`` the vote rule of :func:`hhn.kshot.vote_kshot`, both computed on the
-head logits upsampled straight to the original size (bilinear, align_corners=True), like the released
-evaluation with ``use_original_imgsize``.
+Masks and priors are float (H, W) in [0, 1] at their image's size, resized bilinearly (not
+thresholded). Images and maps go through :mod:`hhn.preprocess`, the path training and the priors use.
+K-shot: one 1-shot forward per support; ``fg_prob`` is the mean over shots of the foreground softmax
+and ``mask`` the vote rule of :func:`hhn.kshot.vote_kshot`, both computed on the head logits upsampled
+straight to the original size (bilinear, align_corners=True), like the released evaluation with
+``use_original_imgsize``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from hhn.device import select_device
 from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hhn.preprocess import resize_mask, to_network_input
 
 
 class InvalidInputError(UserError, ValueError):
@@ -112,28 +111,17 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.batch_pairs = max(1, int(batch_pairs))
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     # ------------------------------------------------------------------ encoding
-    def _network_input(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> (1, 3, h, w) float32 normalised at the network geometry."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1).unsqueeze(0).float() / 255.0
-        x = F.interpolate(x, self.config.image_size, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self._mean) / self._std
-
     def _network_map(self, values: np.ndarray) -> torch.Tensor:
-        """float (H, W) in [0, 1] -> (1, h, w) at the network geometry, in [0, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(values)).to(self.device)[None, None]
-        x = F.interpolate(x, self.config.image_size, mode="bilinear", align_corners=False, antialias=True)
-        return x[:, 0].clamp(0.0, 1.0)
+        """float32 (H, W) in [0, 1] -> (1, h, w) at the network geometry, in [0, 1], on the device."""
+        return torch.from_numpy(resize_mask(values, self.config.image_size, soft=True))[None].to(self.device)
 
     def encode_image(self, image: np.ndarray) -> EncodedImage:
         """uint8 (H, W, 3) RGB -> :class:`EncodedImage` (backbone taps + original size)."""
         _check_image(image, "image")
         with torch.no_grad():
-            feats = self.model.extract_features(self._network_input(image))
+            feats = self.model.extract_features(to_network_input(image, self.config.image_size).to(self.device))
         return EncodedImage(tuple(feats), (int(image.shape[0]), int(image.shape[1])), self.config.name)
 
     def _encoded(self, item: np.ndarray | EncodedImage) -> EncodedImage:
