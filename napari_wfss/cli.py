@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a class is present in an image when it covers at least this fraction (default: 0)")
     p.add_argument("--exclude", default=None, help="comma-separated classes never used as episode classes")
     p.add_argument("--cache-dir", default=None, help="folder to keep backbone features between runs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest on a CPU shared with other jobs)")
     _add_episode_args(p, episodes=1000)
     _add_device(p)
     p.set_defaults(run="hhn.evaluation.cli:run_eval_cli")

@@ -20,9 +20,16 @@ def synth(tmp_path_factory):
     return write_generic_dataset(tmp_path_factory.mktemp("eval") / "synth")
 
 
-def _eval(capsys, root, *extra: str) -> dict:
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    """One on-disk feature cache for every run of this module: each image meets the backbone once."""
+    return str(tmp_path_factory.mktemp("features"))
+
+
+def _eval(capsys, root, *extra: str, cache: str | None = None) -> dict:
+    cache_args = ["--cache-dir", cache] if cache else []
     code = main(["eval", "--data", str(root), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
-                 "--device", "cpu", "--json", *extra])
+                 "--device", "cpu", "--json", *cache_args, *extra])
     assert code == 0
     return json.loads(capsys.readouterr().out)
 
@@ -44,23 +51,25 @@ def test_all_fg_json_matches_hand_count(synth, capsys):
     assert all(r == pytest.approx(1.0) for r in result["recall"].values() if r)
 
 
-def test_map_with_masks_beats_all_fg(synth, capsys):
+def test_map_with_masks_beats_all_fg(synth, capsys, feature_cache):
     trivial = _eval(capsys, synth, "--method", "all-fg")
-    result = _eval(capsys, synth, "--method", "map", "--support", "masks")
+    result = _eval(capsys, synth, "--method", "map", "--support", "masks", cache=feature_cache)
     assert set(result["per_class"]) == {"square", "disk"}
     assert 0 <= result["miou"] <= 100 and 0 <= result["fbiou"] <= 100
     assert result["fbiou"] > trivial["fbiou"]
 
 
-def test_prior_and_map_with_tags(synth, capsys):
+def test_prior_and_map_with_tags(synth, capsys, feature_cache):
     for method in ("prior", "map"):
-        result = _eval(capsys, synth, "--method", method, "--support", "tags", "--prior-negatives", "2")
+        result = _eval(capsys, synth, "--method", method, "--support", "tags", "--prior-negatives", "2",
+                       cache=feature_cache)
         assert result["method"] == method and result["support"] == "tags" and result["prior"] == "coseg"
         assert 0 <= result["miou"] <= 100 and 0 <= result["fbiou"] <= 100
 
 
-def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model):
-    result = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--support", "masks")
+def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model, feature_cache):
+    result = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--support", "masks",
+                   "--threads", "1", cache=feature_cache)
     assert result["method"] == "hhn" and 0 <= result["miou"] <= 100
 
 

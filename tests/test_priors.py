@@ -27,7 +27,7 @@ def _scene(rng: np.random.Generator, square: bool) -> tuple[np.ndarray, np.ndarr
     return image, mask
 
 
-def colour_features(image: np.ndarray) -> torch.Tensor:
+def colour_features(image: np.ndarray, weights=None) -> torch.Tensor:
     """Mean colour of each 4x4 cell as a unit vector: (3, 8, 8) descriptors (a stand-in for a backbone)."""
     x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0
     return F.normalize(F.avg_pool2d(x, CELL)[0], dim=0)
@@ -82,6 +82,11 @@ def test_descriptors_unit_norm_on_stride8_grid():
     d = descriptors_from_taps(taps)
     assert d.shape == (17, 10, 12)
     assert torch.allclose(d.norm(dim=0), torch.ones(10, 12), atol=1e-5)
+    # tap weights: tap i's share of the squared norm is w_i^2 / sum w^2
+    w = descriptors_from_taps(taps, (1.0, 1.0, 2.0))
+    assert torch.allclose(w[10:].pow(2).sum(0), torch.full((10, 12), 4 / 6), atol=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        descriptors_from_taps(taps, (1.0, 2.0))
 
 
 def test_otsu_splits_two_modes():

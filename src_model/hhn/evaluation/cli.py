@@ -69,6 +69,10 @@ def run_eval_cli(args) -> int:
 
     if args.episodes < 1 or args.shots < 1:
         raise UserError("--episodes and --shots must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     args.device_obj = select_device(args.device)
     dataset = open_dataset(args.data, args.layout, fold=args.fold, min_fraction=args.min_fraction,
                            exclude=_classes_arg(args.exclude))

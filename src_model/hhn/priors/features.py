@@ -4,14 +4,15 @@ An image is squash-resized to ``size x size`` and ImageNet-normalised (``hhn.pre
 through a backbone of the ``hhn.backbones`` registry (default EfficientNet-Lite0, ImageNet weights).
 The backbone's ``support_taps`` (the last tap of its stride-8, -16 and -32 groups; for Lite0 blocks 4,
 10 and 15 with 40, 112 and 320 channels) are bilinearly resized to the stride-8 grid, L2-normalised
-per tap, concatenated and L2-normalised again, so a dot product of two descriptors is a cosine
-similarity in which the three strides weigh equally (``descriptors_from_taps``).
+per tap, multiplied by per-tap weights (default equal), concatenated and L2-normalised again, so a dot
+product of two descriptors is a cosine similarity in which tap ``i`` weighs ``w_i^2``
+(``descriptors_from_taps``).
 
 The same function turns the taps of ``hhn.predictor.EncodedImage`` into descriptors, so an
 application that already encoded an image for the network need not run the backbone again.
 
-Descriptors are cached per image in memory (float16, about 1.5 MB per image at 320x320) and the taps,
-with ``cache_dir``, on disk (``.npz`` named by the SHA-1 of the pixels, the backbone and the input size).
+Taps are cached per image in memory (float16, about 0.3 MB per image for Lite0 at 320x320) and, with
+``cache_dir``, on disk (``.npz`` named by the SHA-1 of the pixels, the backbone and the input size).
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def descriptors_from_taps(taps: Sequence[torch.Tensor]) -> torch.Tensor:
+def descriptors_from_taps(taps: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
     """Tap maps ``(C_i, h_i, w_i)`` or ``(1, C_i, h_i, w_i)``, first one at stride 8 ->
-    ``float32 (sum C_i, h_0, w_0)`` descriptors of unit L2 norm (each tap normalised first)."""
+    ``float32 (sum C_i, h_0, w_0)`` descriptors of unit L2 norm (each tap normalised first, then
+    scaled by ``weights[i]``; ``None`` = all 1)."""
     maps = [t[0] if t.dim() == 4 else t for t in taps]
+    weights = [1.0] * len(maps) if weights is None else list(weights)
+    if len(weights) != len(maps):
+        raise ValueError(f"{len(weights)} tap weights for {len(maps)} taps")
     size = tuple(maps[0].shape[-2:])
-    out = [F.normalize(F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0], dim=0)
-           for m in maps]
+    out = [w * F.normalize(F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0], dim=0)
+           for m, w in zip(maps, weights)]
     return F.normalize(torch.cat(out, dim=0), dim=0)
 
 
@@ -63,7 +68,7 @@ class DenseFeatures:
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._model: torch.nn.Module | None = None
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, list[torch.Tensor]] = {}
 
     @property
     def dim(self) -> int:
@@ -88,10 +93,13 @@ class DenseFeatures:
                 tmp.replace(path)
         return maps
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)``, every descriptor of unit L2 norm."""
-        weights = "imagenet" if self.pretrained else "random"
-        key = f"{image_key(image)}-{self.backbone}-{weights}-{self.size}"
+    def __call__(self, image: np.ndarray, weights: Sequence[float] | None = None) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)``, every descriptor of unit L2 norm.
+
+        ``weights``: one multiplier per tap (see ``descriptors_from_taps``); None = equal weights.
+        """
+        origin = "imagenet" if self.pretrained else "random"
+        key = f"{image_key(image)}-{self.backbone}-{origin}-{self.size}"
         if key not in self._memory:
-            self._memory[key] = descriptors_from_taps(self._tap_maps(image, key)).half()
-        return self._memory[key].float()
+            self._memory[key] = [m.half() for m in self._tap_maps(image, key)]
+        return descriptors_from_taps(self._memory[key], weights)
