@@ -64,6 +64,21 @@ def test_banks_shapes_and_ranges(setup):
     assert prior.min() >= 0.0 and prior.max() <= 1.0
 
 
+def test_prior_bank_round_trip_keeps_every_class_of_an_image(setup, tmp_path):
+    dataset, recipe, config, features, targets, priors, sampler = setup
+    both = sorted(set(dataset.images_with("square")) & set(dataset.images_with("disk")))
+    assert both, "the synthetic set must have an image with both classes"
+    pairs = [(both[0], "square"), (both[0], "disk"), (dataset.images_with("square")[0], "square")]
+    priors.fill(pairs)
+    priors.save(tmp_path / "priors.npz")
+    again = PriorBank(dataset, priors.tag_prior, config.geometry.head_size)
+    assert again.load(tmp_path / "priors.npz")
+    for name, cls in pairs:
+        assert np.abs(again._maps[(name, cls)] - priors.prior(name, cls)).max() < 1e-3  # float16 storage
+    other = PriorBank(dataset, priors.tag_prior, config.geometry.head_size, positives=1)
+    assert not other.load(tmp_path / "priors.npz") and not other._maps  # other settings: not reused
+
+
 def test_tiny_training_run_lowers_the_loss(setup, tmp_path):
     losses = _trainer(setup, tmp_path / "run", steps=40).run()
     first, last = np.mean(losses[:8]), np.mean(losses[-8:])

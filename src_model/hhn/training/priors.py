@@ -9,6 +9,7 @@ query) against ``negatives`` context-matched images without c, then mapped on th
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -62,22 +63,35 @@ class PriorBank:
             if progress is not None:
                 progress(i + 1, len(pairs))
 
+    def _settings(self) -> str:
+        """What the stored maps depend on besides (image, class); a saved file with others is ignored."""
+        return json.dumps({"prior": type(self.tag_prior).__name__, "size": list(self.size),
+                           "positives": self.positives, "negatives": self._negatives.prior_negatives,
+                           "seed": self.seed})
+
     def save(self, path: str | Path) -> None:
-        """Keep the computed priors in an ``.npz`` (atomic write) to skip them on ``--resume``."""
+        """Keep the computed priors in an ``.npz`` (atomic write) to skip them on ``--resume``: ``maps``
+        float16 (N, h, w), ``keys`` (N, 2) image and class names, ``settings`` (see ``_settings``)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **{f"{n}\0{c}": m.astype(np.float16) for (n, c), m in self._maps.items()})
+        keys = list(self._maps)
+        maps = np.stack([self._maps[k] for k in keys]).astype(np.float16) if keys else np.zeros((0, *self.size))
+        np.savez_compressed(tmp, maps=maps, keys=np.array(keys, dtype=str).reshape(-1, 2),
+                            settings=np.array(self._settings()))
         tmp.replace(path)
 
-    def load(self, path: str | Path) -> None:
-        """Read priors saved by :meth:`save` (missing file: nothing to do)."""
+    def load(self, path: str | Path) -> bool:
+        """Read priors saved by :meth:`save` with the same settings; False (nothing read) when the file
+        is missing or was made with other settings."""
         path = Path(path)
         if not path.is_file():
-            return
+            return False
         with np.load(path, allow_pickle=False) as z:
-            for key in z.files:
-                name, class_name = key.split("\0")
-                self._maps[(name, class_name)] = z[key].astype(np.float32)
+            if "settings" not in z.files or str(z["settings"]) != self._settings():
+                return False
+            for (name, class_name), m in zip(z["keys"].tolist(), z["maps"]):
+                self._maps[(name, class_name)] = m.astype(np.float32)
+        return True
 
     def __call__(self, episode) -> tuple[np.ndarray, np.ndarray]:
         """``episode -> (query_prior, first_support_prior)`` for the training loop."""
