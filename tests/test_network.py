@@ -62,7 +62,7 @@ def test_paper_presets_keep_both_switches_off_and_ours_turns_them_on():
         assert (c.sinkhorn.reg, c.sinkhorn.max_iter, c.sinkhorn.stop_thr) == (0.5, 1000, 1e-9)
         assert c.text_template == "a clean origami {}." and c.clip_model == "ViT-B-32"
     lite = load_preset("wfss-lite0")
-    assert (lite.backbone, lite.image_size, lite.use_text) == ("efficientnet_lite0", (320, 320), False)
+    assert (lite.backbone, lite.image_size, lite.use_text) == ("efficientnet_lite0", (256, 256), False)
     assert lite.mask_support_features and lite.grad_through_fusion
 
 

@@ -2,7 +2,7 @@
 
 Presets live as JSON files in ``hhn/configs/<name>.json``. The four ``tlg-*`` presets reproduce the
 authors' released TLG model (spec sections 1 and 8: all quirks kept, both switches below OFF). The
-``wfss-lite0`` preset is our recipe (EfficientNet-Lite0, 320x320, no CLIP text, both fixes ON).
+``wfss-lite0`` preset is our recipe (EfficientNet-Lite0, 256x256, no CLIP text, both fixes ON).
 
 Geometry is derived, never stored: :attr:`HHNConfig.geometry` computes every grid from the input size
 and the backbone's down-sampling rule (see :class:`Geometry`). This module does not import torch.
