@@ -251,13 +251,14 @@ class _Encodings:
             self._items[key] = self.predictor.encode_image(pixels)
         return self._items[key]
 
-    def descriptors(self, pixels: np.ndarray) -> torch.Tensor:
-        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)`` unit-norm descriptors (``hhn.priors.features``)."""
+    def descriptors(self, pixels: np.ndarray, weights: Sequence[float] | None = None) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)`` unit-norm descriptors with per-tap ``weights``
+        (``hhn.priors.features.DenseFeatures.__call__``'s signature)."""
         from hhn.backbones import BACKBONES
         from hhn.priors.features import descriptors_from_taps
 
         taps = self(pixels).features
-        return descriptors_from_taps([taps[i] for i in BACKBONES[self.predictor.config.backbone].support_taps])
+        return descriptors_from_taps([taps[i] for i in BACKBONES[self.predictor.config.backbone].support_taps], weights)
 
     def clear(self) -> None:
         self._items.clear()
@@ -367,7 +368,8 @@ class Engine:
 
         features = DenseFeatures(device=predictor.device)
         if taps_match_prior_features(predictor.model, features):
-            return CosegPrior(features=lambda pixels: self._encodings.descriptors(pixels))
+            # late-bound: each run gets fresh encodings
+            return CosegPrior(features=lambda pixels, weights=None: self._encodings.descriptors(pixels, weights))
         return CosegPrior(features=features)
 
     def _class_text(self, name: str):

@@ -349,14 +349,18 @@ def test_prior_reuses_the_network_taps_only_when_they_are_its_own_features(tiny_
     assert not taps_match_prior_features(tiny_model, features)  # random backbone, 64x64
     assert isinstance(Engine(tiny_model, device="cpu").default_prior(["a"]).features, DenseFeatures)
 
-    pretrained = HHN(load_preset("wfss-lite0"), pretrained_backbone=True)
+    assert not taps_match_prior_features(HHN(load_preset("wfss-lite0"), pretrained_backbone=True), features)  # 256
+    at_prior_size = dataclasses.replace(load_preset("wfss-lite0"), image_size=(features.size, features.size))
+    pretrained = HHN(at_prior_size, pretrained_backbone=True)
     assert taps_match_prior_features(pretrained, features)
     engine = Engine(pretrained, device="cpu")
     prior = engine.default_prior(["a", "b"])
     assert isinstance(prior, CosegPrior) and not isinstance(prior.features, DenseFeatures)
     pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    reused = _Encodings(Predictor(pretrained, device="cpu")).descriptors(pixels)
-    np.testing.assert_allclose(reused.numpy(), features(pixels).float().numpy(), atol=1e-3)  # prior caches float16
+    engine._encodings = _Encodings(Predictor(pretrained, device="cpu"))  # what a run sets up
+    reused = prior.descriptors(pixels)  # the prior's own call, with its tap weights
+    own = features(pixels, prior.tap_weights)
+    np.testing.assert_allclose(reused.numpy(), own.numpy(), atol=1e-3)  # prior caches float16
 
 
 def test_preset_models_are_labelled_untrained():
