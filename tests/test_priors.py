@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hhn.errors import PriorUnavailableError
 from hhn.priors.base import TaggedImage
 from hhn.priors.coseg import CosegPrior, otsu
-from hhn.priors.features import DenseFeatures, descriptors_from_taps
+from hhn.priors.features import BoundedCache, DenseFeatures, descriptors_from_taps
 
 SIZE, CELL = 32, 4
 
@@ -87,6 +87,20 @@ def test_descriptors_unit_norm_on_stride8_grid():
     assert torch.allclose(w[10:].pow(2).sum(0), torch.full((10, 12), 4 / 6), atol=1e-5)
     with pytest.raises(ValueError, match="weights"):
         descriptors_from_taps(taps, (1.0, 2.0))
+
+
+def test_feature_memory_is_bounded_and_keeps_recent_images():
+    features = DenseFeatures(size=32, pretrained=False, memory_items=2)
+    images = [np.full((20, 20, 3), v, dtype=np.uint8) for v in (10, 90, 170)]
+    first = features(images[0])
+    features(images[1])
+    features(images[0])  # most recent again
+    features(images[2])  # evicts images[1], the least recently used
+    assert len(features._memory) == 2
+    assert torch.equal(features(images[0]), first)  # still cached, same values
+    cache = BoundedCache(2)
+    assert [cache.get_or_make(k, lambda k=k: k * 10) for k in (1, 2, 1, 3)] == [10, 20, 10, 30]
+    assert list(cache) == [1, 3]
 
 
 def test_otsu_splits_two_modes():

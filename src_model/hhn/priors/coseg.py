@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from hhn.priors.base import ClassPrior, TaggedImage, TagPrior, as_tagged
-from hhn.priors.features import DenseFeatures, image_key
+from hhn.priors.features import BoundedCache, DenseFeatures, image_key
 
 #: image, tap weights -> ``float32 (C, g, g)`` unit-norm descriptors (``DenseFeatures.__call__``).
 Features = Callable[..., torch.Tensor]
@@ -112,20 +112,22 @@ class CosegPrior(TagPrior):
         self.bank_pool, self.top_k, self.refine = int(bank_pool), int(top_k), refine
         self.self_support = self_support
         self.temperature = float(temperature)
-        self._bank_cells: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
+        self._bank_cells = BoundedCache(4096)  # pooled gallery cells: ~0.2 MB per image at bank_pool 4
 
     def descriptors(self, pixels: np.ndarray) -> torch.Tensor:
         """``(C, g, g)`` descriptors of an image with this prior's tap weights."""
         return self.features(pixels, self.tap_weights)
 
+    def _pooled_cells(self, pixels: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Gallery cells ``(N, C)`` of an image on the bank grid, and that grid ``(g, g)``."""
+        desc = self.descriptors(pixels)
+        if self.bank_pool > 1:
+            desc = F.normalize(F.avg_pool2d(desc[None], self.bank_pool, ceil_mode=True)[0], dim=0)
+        return desc.flatten(1).T.contiguous(), tuple(desc.shape[-2:])
+
     def _example(self, image: TaggedImage) -> _Example:
         key = image_key(image.pixels)
-        if key not in self._bank_cells:  # pooled cells are small: kept for the prior's lifetime
-            desc = self.descriptors(image.pixels)
-            if self.bank_pool > 1:
-                desc = F.normalize(F.avg_pool2d(desc[None], self.bank_pool, ceil_mode=True)[0], dim=0)
-            self._bank_cells[key] = (desc.flatten(1).T.contiguous(), tuple(desc.shape[-2:]))
-        cells, grid = self._bank_cells[key]
+        cells, grid = self._bank_cells.get_or_make(key, lambda: self._pooled_cells(image.pixels))
         fg = None
         if image.mask is not None:
             m = torch.from_numpy(np.ascontiguousarray(image.mask, dtype=np.float32))[None, None]

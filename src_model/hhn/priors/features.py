@@ -11,13 +11,15 @@ product of two descriptors is a cosine similarity in which tap ``i`` weighs ``w_
 The same function turns the taps of ``hhn.predictor.EncodedImage`` into descriptors, so an
 application that already encoded an image for the network need not run the backbone again.
 
-Taps are cached per image in memory (float16, about 0.3 MB per image for Lite0 at 320x320) and, with
+Taps are cached per image in memory (float16, about 0.3 MB per image for Lite0 at 320x320; the
+1024 most recently used images by default) and, with
 ``cache_dir``, on disk (``.npz`` named by the SHA-1 of the pixels, the backbone and the input size).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,24 @@ import torch.nn.functional as F
 
 from hhn.backbones import BACKBONES, build_backbone
 from hhn.preprocess import to_network_input
+
+
+class BoundedCache(OrderedDict):
+    """A dict that keeps its ``max_items`` most recently used entries (memory flat in the number of
+    images a long run meets). ``get_or_make(key, make)`` returns the entry, making it on a miss."""
+
+    def __init__(self, max_items: int) -> None:
+        super().__init__()
+        self.max_items = max(1, int(max_items))
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.max_items:
+            self.popitem(last=False)
+        return value
 
 
 def image_key(image: np.ndarray) -> str:
@@ -59,16 +79,17 @@ class DenseFeatures:
         device: torch device for the backbone.
         cache_dir: optional folder for the on-disk tap cache.
         pretrained: load the backbone's ImageNet weights (``hhn.weights``); False = random (tests).
+        memory_items: images whose taps stay in memory (least recently used dropped; ~0.3 MB each).
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", size: int = 320, device: str | torch.device = "cpu",
-                 cache_dir: str | Path | None = None, pretrained: bool = True) -> None:
+                 cache_dir: str | Path | None = None, pretrained: bool = True, memory_items: int = 1024) -> None:
         self.backbone, self.size, self.pretrained = backbone, int(size), pretrained
         self.taps = BACKBONES[backbone].support_taps
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._model: torch.nn.Module | None = None
-        self._memory: dict[str, list[torch.Tensor]] = {}
+        self._memory = BoundedCache(memory_items)
 
     @property
     def dim(self) -> int:
@@ -100,6 +121,5 @@ class DenseFeatures:
         """
         origin = "imagenet" if self.pretrained else "random"
         key = f"{image_key(image)}-{self.backbone}-{origin}-{self.size}"
-        if key not in self._memory:
-            self._memory[key] = [m.half() for m in self._tap_maps(image, key)]
-        return descriptors_from_taps(self._memory[key], weights)
+        taps = self._memory.get_or_make(key, lambda: [m.half() for m in self._tap_maps(image, key)])
+        return descriptors_from_taps(taps, weights)
