@@ -73,7 +73,7 @@ def test_geometry_is_derived_from_the_backbone():
     assert load_preset("tlg-vgg16-coco").geometry.grid32 == (12, 12)  # VGG floors: pool5 is 12x12
     lite = load_preset("wfss-lite0").geometry
     assert (lite.grid8, lite.grid32, lite.tokens, lite.text_grid, lite.head_size) == \
-        ((40, 40), (10, 10), 40, (20, 20), (80, 80))
+        ((32, 32), (8, 8), 32, (16, 16), (64, 64))
     wide = dataclasses.replace(load_preset("wfss-lite0"), image_size=(256, 384)).geometry
     assert (wide.grid8, wide.tokens, wide.head_size) == ((32, 48), 32, (64, 96))
 
