@@ -1,11 +1,13 @@
 """The README screenshot: the sample folder open in the widget, one coin image with its accepted mask.
 
 The mask is made here the way a user would paint it (the coins' Otsu foreground as class ``coin``);
-it is not shown as a model output. Saved to docs/images/widget.png.
+it is not shown as a model output. Saved to docs/images/widget.png only with
+``WFSS_UPDATE_SCREENSHOT=1`` (a plain test run leaves the tracked file alone).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "widget.png"
+README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "widget.png"
 
 
 def test_screenshot_of_the_widget(make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch):
@@ -40,9 +42,10 @@ def test_screenshot_of_the_widget(make_napari_viewer_proxy, qtbot, tmp_path, mon
     viewer.reset_view()
     qtbot.wait(300)
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shot = viewer.screenshot(str(SCREENSHOT), canvas_only=False)
+    target = README_SCREENSHOT if os.environ.get("WFSS_UPDATE_SCREENSHOT") == "1" else tmp_path / "widget.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(str(target), canvas_only=False)
     assert shot.shape[0] >= 600 and shot.shape[1] >= 1000
-    with Image.open(SCREENSHOT) as im:
+    with Image.open(target) as im:
         rgb = np.asarray(im.convert("RGB"))
     assert rgb.std() > 20  # a rendered window, not a blank frame
