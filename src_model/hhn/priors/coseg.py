@@ -35,7 +35,7 @@ the image, so ``map > 0.5`` is the prior's mask.
 
 The defaults are the best of a study on MSRC-v2 (12 object classes, 1-shot, 3 extra positives and
 3 context negatives): thresholded-prior mIoU on supports 44 -> 54 and on queries 42 -> 50 compared
-with the first pass alone at equal tap weights (the floor study's rule); see the H4 report.
+with the first pass alone at equal tap weights (the floor study's rule).
 """
 
 from __future__ import annotations
