@@ -80,29 +80,19 @@ def run(args) -> None:
 
 
 def render(results: dict[str, dict]) -> str:
-    """Markdown: one row per (method, support), one column pair per (fold, shots); a mean column."""
+    """Markdown: one row per (method, support) that has results, one column per (fold, shots) that has
+    results (1-shot columns first); cells are mIoU / FB-IoU, "n/a" where that cell was not run."""
     rows = list(results.values())
-    folds = sorted({r["fold"] for r in rows})
-    shots = sorted({r["shots"] for r in rows})
-    cols = [(f, s) for s in shots for f in folds]
-    head = "| method | support | " + " | ".join(f"fold {f} {s}-shot" for f, s in cols) + " | mean |"
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    cols = sorted({(r["fold"], r["shots"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    cell = {(r["fold"], r["shots"], r["support"], r["method"]): r["result"] for r in rows}
+    lines = ["| method | support | " + " | ".join(f"fold {f} {s}-shot" for f, s in cols) + " |",
+             "|" + "---|" * (len(cols) + 2)]
     for method, supports in METHODS:
         for support in supports:
-            cells, values = [], []
-            for f, s in cols:
-                match = [r for r in rows if (r["fold"], r["shots"], r["support"], r["method"]) == (f, s, support, method)]
-                if match:
-                    res = match[-1]["result"]
-                    cells.append(f"{res['miou']:.1f} / {res['fbiou']:.1f}")
-                    values.append((res["miou"], res["fbiou"]))
-                else:
-                    cells.append("n/a")
-            if not values:
-                continue
-            mean = (f"{sum(v[0] for v in values) / len(values):.1f} / {sum(v[1] for v in values) / len(values):.1f}"
-                    + ("" if len(values) == len(cols) else f" ({len(values)} cells)"))
-            lines.append(f"| {LABELS[method]} | {support} | " + " | ".join(cells) + f" | {mean} |")
+            found = [cell.get((f, s, support, method)) for f, s in cols]
+            if any(found):
+                text = ["n/a" if r is None else f"{r['miou']:.1f} / {r['fbiou']:.1f}" for r in found]
+                lines.append(f"| {LABELS[method]} | {support} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 

@@ -44,16 +44,19 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _dense_index(cin: int, cout: int, kernel: int, stride: int, hin: int, win: int) -> torch.Tensor:
-    """int64 (hin*win*cin, ho*wo*cout): position of each matrix entry in the flattened kernel
-    (cout, cin, k, k), or cout*cin*k*k (a zero) where the tap falls outside the kernel."""
+def _dense_index(cin: int, cout: int, kernel: int, stride: int, hin: int, win: int,
+                 device: torch.device) -> torch.Tensor:
+    """int64 (hin*win*cin, ho*wo*cout) on ``device``: position of each matrix entry in the flattened
+    kernel (cout, cin, k, k), or cout*cin*k*k (a zero) where the tap falls outside the kernel. Cached per
+    device, so a GPU forward does not copy it from the host every time."""
     pad = kernel // 2
     ho, wo = (hin + 2 * pad - kernel) // stride + 1, (win + 2 * pad - kernel) // stride + 1
     i, j, c, a, b, o = torch.meshgrid(*(torch.arange(n) for n in (hin, win, cin, ho, wo, cout)), indexing="ij")
     ki, kj = i - a * stride + pad, j - b * stride + pad
     inside = (ki >= 0) & (ki < kernel) & (kj >= 0) & (kj < kernel)
     flat = ((o * cin + c) * kernel + ki.clamp(0, kernel - 1)) * kernel + kj.clamp(0, kernel - 1)
-    return torch.where(inside, flat, cout * cin * kernel * kernel).reshape(hin * win * cin, ho * wo * cout)
+    index = torch.where(inside, flat, cout * cin * kernel * kernel).reshape(hin * win * cin, ho * wo * cout)
+    return index.to(device)
 
 
 def dense_conv_matrix(conv: nn.Conv2d, hin: int, win: int) -> torch.Tensor:
@@ -61,7 +64,7 @@ def dense_conv_matrix(conv: nn.Conv2d, hin: int, win: int) -> torch.Tensor:
     (hin, win), as a (hin*win*Cin, ho*wo*Cout) matrix acting on NHWC-flattened rows: an input row
     (hin, win, Cin) times the matrix is the output (ho, wo, Cout). Differentiable in ``conv.weight``."""
     cout, cin, k, _ = conv.weight.shape
-    index = _dense_index(cin, cout, k, conv.stride[0], hin, win).to(conv.weight.device)
+    index = _dense_index(cin, cout, k, conv.stride[0], hin, win, conv.weight.device)
     return torch.cat([conv.weight.reshape(-1), conv.weight.new_zeros(1)])[index]
 
 

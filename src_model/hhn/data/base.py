@@ -24,6 +24,12 @@ class DatasetError(UserError):
     """A dataset folder is missing files or holds files of the wrong kind; the message says which."""
 
 
+def check_split(split: str) -> None:
+    """Raise ValueError unless ``split`` is ``"trn"`` or ``"val"`` (the fold datasets' two splits)."""
+    if split not in ("trn", "val"):
+        raise ValueError(f"split must be 'trn' or 'val', got {split!r}")
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Read an image file as ``uint8 (H, W, 3)`` RGB (no EXIF rotation: label maps are not rotated either)."""
     try:

@@ -19,7 +19,7 @@ import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
-from hhn.data.base import DatasetError, SegmentationDataset
+from hhn.data.base import DatasetError, SegmentationDataset, check_split
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -70,8 +70,7 @@ class CocoDataset(SegmentationDataset):
 
     def __init__(self, root: str | Path, fold: int, split: str = "val", splits_dir: str | Path | None = None,
                  min_fraction: float = 0.0, exclude: Iterable[str] = ()) -> None:
-        if split not in ("trn", "val"):
-            raise ValueError(f"split must be 'trn' or 'val', got {split!r}")
+        check_split(split)
         self.root = Path(root)
         self.subset = "val2014" if split == "val" else "train2014"
         if not (self.root / "annotations" / self.subset).is_dir():

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from hhn.data.base import DatasetError, SegmentationDataset
+from hhn.data.base import DatasetError, SegmentationDataset, check_split
 
 PASCAL_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -47,8 +47,7 @@ class PascalDataset(SegmentationDataset):
 
     def __init__(self, root: str | Path, fold: int, split: str = "val", splits_dir: str | Path | None = None,
                  min_fraction: float = 0.0, exclude: Iterable[str] = ()) -> None:
-        if split not in ("trn", "val"):
-            raise ValueError(f"split must be 'trn' or 'val', got {split!r}")
+        check_split(split)
         self.root = Path(root)
         for sub in ("JPEGImages", "SegmentationClassAug"):
             if not (self.root / sub).is_dir():
