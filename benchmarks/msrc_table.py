@@ -8,7 +8,8 @@ Usage::
 
 Each finished cell is appended to ``--results`` (JSON lines: the exact command and its JSON output), so
 an interrupted run resumes where it stopped; ``--render`` prints the markdown table (mIoU / FB-IoU, and
-per-class IoU of the model rows) from that file without running anything. The folds are the packaged
+per-class IoU of the model rows) from that file without running anything. Rows ``hhn``, ``hhn-argmax``
+and ``prior-at-rule`` run the model with different ``--decision`` rules (see ``METHODS``). The folds are the packaged
 ``hhn/data/msrc_folds.json``. A fold's model row runs only when ``--model FOLD=NAME`` names a model
 trained without that fold's classes.
 """
@@ -21,23 +22,43 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: (method, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
-METHODS = (("prior", ("tags",)), ("map", ("tags", "masks")), ("hhn", ("tags", "masks")), ("all-fg", ("none",)))
-LABELS = {"prior": "(a) tag prior alone (coseg)", "map": "(b) masked average pooling, Lite0",
-          "hhn": "(c) HHN, shipped recipe", "all-fg": "(d) all pixels foreground"}
+#: (row, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
+#: The hhn rows differ in the decision rule only (``wfss eval --decision``): ``hhn`` uses the wfss-lite0
+#: preset's rule (network softmax blended with the query prior), ``hhn-argmax`` the network alone, and
+#: ``prior-at-rule`` the prior alone at the rule's threshold (prior weight 1: the control that tells what
+#: the network adds to a re-thresholded prior).
+METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("map", ("tags", "masks")),
+           ("hhn", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("all-fg", ("none",)))
+LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
+          "prior-at-rule": "(a') tag prior alone, at the rule's threshold",
+          "map": "(b) masked average pooling, Lite0",
+          "hhn": "(c) HHN, shipped recipe (blend with prior, rule threshold)",
+          "hhn-argmax": "(c') HHN network alone (argmax)", "all-fg": "(d) all pixels foreground"}
 
 
-def cell_command(args, fold: int, shots: int, support: str, method: str) -> list[str] | None:
+def decision_args(row: str) -> list[str]:
+    """The ``--decision`` flag of an hhn row (the rule comes from the wfss-lite0 preset)."""
+    from hhn.config import load_preset
+
+    rule = load_preset("wfss-lite0").decision
+    return {"hhn": ["--decision", f"{rule.prior_weight},{rule.threshold}"],
+            "hhn-argmax": ["--decision", "argmax"],
+            "prior-at-rule": ["--decision", f"1,{rule.threshold}"]}[row]
+
+
+def cell_command(args, fold: int, shots: int, support: str, row: str) -> list[str] | None:
     """The ``wfss eval`` command of one cell, or None when it does not apply (no model for the fold)."""
-    cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method", method,
-           "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
-    if method == "hhn":
+    runs_model = row in ("hhn", "hhn-argmax", "prior-at-rule")
+    cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
+           "hhn" if runs_model else row, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0",
+           "--json"]
+    if runs_model:
         if fold not in args.models:
             return None
-        cmd += ["--model", args.models[fold]]
+        cmd += ["--model", args.models[fold], *decision_args(row)]
     if support != "none":
         cmd += ["--support", support]
-    if method != "all-fg" and args.cache_dir:
+    if row != "all-fg" and args.cache_dir:
         cmd += ["--cache-dir", str(args.cache_dir)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -100,17 +121,18 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.0f}"
 
 
-def render_per_class(results: dict[str, dict], method: str = "hhn") -> str:
-    """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of one method's cells."""
-    lines = ["| fold | shots | support | class | IoU | precision | recall |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(results.values(), key=lambda r: (r["fold"], r["shots"], r["support"])):
-        if r["method"] != method:
+def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn", "hhn-argmax")) -> str:
+    """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of the model rows."""
+    lines = ["| row | fold | shots | support | class | IoU | precision | recall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (r["method"], r["fold"], r["shots"], r["support"])):
+        if r["method"] not in rows:
             continue
         res = r["result"]
         for cls, iou in res["per_class"].items():
             p, rc = res.get("precision", {}).get(cls), res.get("recall", {}).get(cls)
-            lines.append(f"| {r['fold']} | {r['shots']} | {r['support']} | {cls} | {iou:.1f} | {_percent(p)} "
-                         f"| {_percent(rc)} |")
+            lines.append(f"| {r['method']} | {r['fold']} | {r['shots']} | {r['support']} | {cls} | {iou:.1f} "
+                         f"| {_percent(p)} | {_percent(rc)} |")
     return "\n".join(lines)
 
 

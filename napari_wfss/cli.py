@@ -22,6 +22,11 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="compute device; auto picks cuda, then mps, then cpu (default: auto)")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest on a CPU shared with other jobs)")
+
+
 def _add_fold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-classes", default=None,
                    help="comma-separated class names held out as novel classes (generic layout)")
@@ -70,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "preset:NAME (random heads: untrained, only to try the pipeline) (default: default)")
     p.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
     p.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="background where no class reaches this foreground probability (default: 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="background where no class reaches this foreground score, in [0, 1] (default: the "
+                        "model's decision rule; 0.5 for presets)")
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
     _add_device(p)
     p.set_defaults(run="napari_wfss.batch:run_label_cli")
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.safetensors")
+    _add_threads(p)
     _add_prior_gallery(p)
     _add_fold_args(p)
     _add_device(p)
@@ -99,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="hhn", choices=("hhn", "prior", "map", "all-fg"),
                    help="hhn = the model; prior = the tag prior alone; map = masked-average-pooling "
                         "prototype; all-fg = predict every pixel as foreground")
+    p.add_argument("--decision", default=None,
+                   help="hhn's foreground decision: 'argmax' (the network alone) or PRIOR_WEIGHT,THRESHOLD "
+                        "(blend with the query prior, then threshold) (default: the model's rule)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--prior", default="coseg", choices=("coseg", "gradcam"),
                    help="tag prior: coseg = CLIP-free co-segmentation of the tagged images; gradcam = CLIP "
@@ -110,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a class is present in an image when it covers at least this fraction (default: 0)")
     p.add_argument("--exclude", default=None, help="comma-separated classes never used as episode classes")
     p.add_argument("--cache-dir", default=None, help="folder to keep backbone features between runs")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's; 1 is fastest on a CPU shared with other jobs)")
+    _add_threads(p)
     _add_episode_args(p, episodes=1000)
     _add_device(p)
     p.set_defaults(run="hhn.evaluation.cli:run_eval_cli")
@@ -134,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset(s) to time (default: tlg-resnet50-pascal and wfss-lite0; "
                         "with --train-step: wfss-lite0)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per preset (median reported)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _add_threads(p)
     p.add_argument("--train-step", action="store_true",
                    help="time a training step (forward + loss + backward + AdamW) instead of inference")
     p.add_argument("--batch-size", type=int, default=8, help="episodes per training step (default: 8)")

@@ -284,7 +284,8 @@ class Engine:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (``hhn.device.select_device``).
         shots: at most this many support images per class.
         batch_size: query images per batch (memory and ``project.json`` writes per batch).
-        threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``.
+        threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``; default
+            (None): the threshold of the model's decision rule (``hhn.config.DecisionRule``).
         prior: the ``hhn.priors`` ``TagPrior`` fitted per class; default :meth:`default_prior`.
         model_name: the name stored with each proposal; default derived from ``model``.
 
@@ -297,19 +298,19 @@ class Engine:
         device: str = "auto",
         shots: int = 5,
         batch_size: int = 4,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         prior: TagPrior | None = None,
         model_name: str | None = None,
     ) -> None:
         if shots < 1 or batch_size < 1:
             raise EngineError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
-        if not 0.0 <= threshold <= 1.0:
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise EngineError(f"threshold must be in [0, 1], got {threshold}")
         self.model_spec = model
         self.device = device
         self.shots = int(shots)
         self.batch_size = int(batch_size)
-        self.threshold = float(threshold)
+        self._threshold = None if threshold is None else float(threshold)
         self._prior = prior
         self._model_name = model_name
         self._predictor: Predictor | None = None
@@ -318,6 +319,11 @@ class Engine:
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ model
+    @property
+    def threshold(self) -> float:
+        """The foreground threshold in use: the one given, else the loaded model's decision rule's."""
+        return self._threshold if self._threshold is not None else self.load().decision.threshold
+
     @property
     def untrained(self) -> bool:
         """True when the heads are random (a preset), so proposals are not meaningful."""

@@ -52,6 +52,7 @@ def make_folder(root, n_untagged: int = 6):
 
 class SlowFakePredictor(FakePredictor):
     def __init__(self, delay: float) -> None:
+        super().__init__()
         self.delay = delay
 
     def predict_batch(self, queries, support, priors):

@@ -1,9 +1,9 @@
-"""select_device: auto order, explicit choices, clear errors for unavailable devices."""
+"""select_device: auto order, explicit choices, clear errors for unavailable devices; the CPU thread setter."""
 
 import pytest
 import torch
 
-from hhn.device import available_devices, select_device
+from hhn.device import available_devices, select_device, set_cpu_threads
 from hhn.errors import UserError
 
 
@@ -42,3 +42,16 @@ def test_indexed_and_torch_device_inputs(monkeypatch):
     _fake(monkeypatch, False, False)
     with pytest.raises(UserError):
         select_device(torch.device("cuda", 0))
+
+
+def test_thread_count_is_set_and_checked():
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(None)
+        assert torch.get_num_threads() == before
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(UserError, match="at least 1"):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hhn.config import DecisionRule
 from hhn.priors.base import ClassPrior, TagPrior, as_tagged
 from napari_wfss.engine import (
     Engine,
@@ -250,7 +251,9 @@ def test_real_model_proposals_are_stored_valid_label_maps(session, tiny_model):
 class FakePredictor:
     """fg_prob of a query = the prior the engine passes for it; records nothing else."""
 
-    config = SimpleNamespace(name="fake", use_text=False)
+    def __init__(self, decision=None):
+        self.config = SimpleNamespace(name="fake", use_text=False)
+        self.decision = decision or DecisionRule()
 
     def encode_image(self, image):
         return SimpleNamespace(original_size=image.shape[:2])
@@ -270,11 +273,14 @@ def test_resolve_label_map_by_hand():
     np.testing.assert_allclose(best, [[0.9, 0.7, 0.6, 0.45]])
 
 
-def test_multi_class_resolution_and_background_threshold(session):
+@pytest.mark.parametrize("given, rule", [(0.7, DecisionRule()), (None, DecisionRule(0.5, 0.7))],
+                         ids=["given", "the-models"])
+def test_multi_class_resolution_and_background_threshold(session, given, rule):
     # per class (class-table order: a, b) a prior map that depends on the query's position in the image
     ramp = np.tile(np.linspace(0.0, 1.0, W, dtype=np.float32), (H, 1))  # 0 at the left, 1 at the right
     prior = MapPrior({"a": lambda image: ramp, "b": lambda image: ramp[:, ::-1].copy()})
-    engine = Engine(FakePredictor(), prior=prior, threshold=0.7)
+    engine = Engine(FakePredictor(rule), prior=prior, threshold=given)
+    assert engine.threshold == 0.7
     (result,) = engine.propose(session, images=["q0.png"])
     a, b = session.classes.get("a").id, session.classes.get("b").id
     expected = np.where(ramp >= 0.7, a, np.where(ramp[:, ::-1] >= 0.7, b, 0))

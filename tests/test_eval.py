@@ -73,6 +73,21 @@ def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model, feature_ca
     assert result["method"] == "hhn" and 0 <= result["miou"] <= 100
 
 
+def test_hhn_decision_rule_is_recorded_and_weight_one_is_the_prior_alone(synth, capsys, tiny_model, feature_cache):
+    args = ("--support", "tags", "--prior-negatives", "2", "--threads", "1")
+    prior = _eval(capsys, synth, "--method", "prior", *args, cache=feature_cache)
+    only_prior = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "1,0.5", *args,
+                       cache=feature_cache)
+    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5}
+    assert only_prior["per_class"] == prior["per_class"] and only_prior["fbiou"] == prior["fbiou"]
+    network = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
+                    cache=feature_cache)
+    assert network["decision"] == {"prior_weight": 0.0, "threshold": 0.5}
+    assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
+                 "--decision", "0.5"]) == 2
+    assert "--decision must be" in capsys.readouterr().err
+
+
 def test_table_output_and_user_errors(synth, capsys):
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--episodes", "2",
                  "--method", "all-fg"]) == 0

@@ -73,6 +73,34 @@ def test_kshot_is_mean_probability_and_vote_of_single_shots(lite):
     np.testing.assert_array_equal(three.mask, vote_kshot(votes)[0].numpy())
 
 
+def test_decision_rule_blends_the_prior_and_thresholds_each_shot(lite):
+    from hhn.config import DecisionRule
+
+    rule = DecisionRule(prior_weight=0.25, threshold=0.7)
+    blended = Predictor(lite.model, device="cpu", decision=rule)
+    imgs = [image(50, 70, s) for s in (20, 21)]
+    masks = [blob(50, 70, s) for s in (20, 21)]
+    query, prior = image(45, 38, 22), blob(45, 38, 22) * 0.9 + 0.05
+    singles = [lite.predict(query, lite.encode_support([i], [m]), prior) for i, m in zip(imgs, masks)]
+    scores = [0.75 * p.fg_prob + 0.25 * prior for p in singles]  # hand-applied rule, shot by shot
+    two = blended.predict(query, blended.encode_support(imgs, masks), prior)
+    np.testing.assert_allclose(two.fg_prob, np.mean(scores, axis=0), rtol=1e-5, atol=1e-6)
+    votes = torch.from_numpy(np.stack([s > 0.7 for s in scores]))[None]
+    np.testing.assert_array_equal(two.mask, vote_kshot(votes)[0].numpy())
+    assert not np.array_equal(two.mask, lite.predict(query, lite.encode_support(imgs, masks), prior).mask)
+
+
+def test_decision_rule_is_validated_and_round_trips():
+    from hhn.config import DecisionRule, HHNConfig
+
+    config = dataclasses.replace(load_preset("wfss-lite0"), decision=DecisionRule(0.5, 0.8))
+    assert HHNConfig.from_dict(config.to_dict()) == config
+    assert load_preset("tlg-resnet50-pascal").decision.is_argmax
+    for bad in ((1.5, 0.5), (0.5, 1.0), (-0.1, 0.5)):
+        with pytest.raises(UserError, match="decision rule"):
+            DecisionRule(*bad)
+
+
 def test_encoded_images_are_reusable_and_equivalent(lite):
     raw_s, raw_q = image(33, 47, 20), image(52, 31, 21)
     enc_s, enc_q = lite.encode_image(raw_s), lite.encode_image(raw_q)

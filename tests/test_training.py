@@ -123,6 +123,6 @@ def test_train_cli_requires_held_out_classes(tmp_path):
     root = write_generic_dataset(tmp_path / "synth")
     args = argparse.Namespace(data=str(root), layout="auto", preset="wfss-lite0", recipe="ours", out=str(tmp_path / "o"),
                               steps=1, resume=False, test_classes=None, fold=None, seed=0, device="cpu",
-                              prior_positives=3, prior_negatives=3)
+                              prior_positives=3, prior_negatives=3, threads=None)
     with pytest.raises(UserError, match="held-out"):
         run_train_cli(args)

@@ -53,11 +53,10 @@ def _setup(preset: str, image_size: tuple[int, int] | None, device: str, threads
     import torch
 
     from hhn.config import load_preset
-    from hhn.device import select_device
+    from hhn.device import select_device, set_cpu_threads
     from hhn.network import HHN
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_cpu_threads(threads)
     torch.manual_seed(0)
     dev = select_device(device)
     config = load_preset(preset)

@@ -38,6 +38,32 @@ class SinkhornSettings:
 
 
 @dataclass(frozen=True)
+class DecisionRule:
+    """How a query's foreground is decided from the network and the query's tag prior.
+
+    Per shot, ``fg = (1 - prior_weight) * p_net + prior_weight * prior``, where ``p_net`` is the
+    network's foreground softmax and ``prior`` the query's tag prior, both in [0, 1] at the image size;
+    a pixel is foreground where ``fg > threshold`` (K shots: the vote of :func:`hhn.kshot.vote_kshot`).
+    The default (0, 0.5) is the network's own argmax, as in the released code. A trained model may
+    carry another rule, chosen on development episodes and stored with its config (``wfss-lite0``:
+    see MODEL_CARD.md).
+    """
+
+    prior_weight: float = 0.0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.prior_weight <= 1.0 and 0.0 < self.threshold < 1.0):
+            raise UserError(f"decision rule needs prior_weight in [0, 1] and threshold in (0, 1), got "
+                            f"{self.prior_weight} and {self.threshold}")
+
+    @property
+    def is_argmax(self) -> bool:
+        """True for the network's own decision (no prior blended in, threshold 0.5)."""
+        return self.prior_weight == 0.0 and self.threshold == 0.5
+
+
+@dataclass(frozen=True)
 class Geometry:
     """Every spatial size of the network, derived from the input size and the backbone.
 
@@ -85,6 +111,9 @@ def _squeezed(side: int, strides: tuple[int, ...]) -> int:
 class HHNConfig:
     """One HHN model configuration (architecture + switches). JSON round trip via to_dict/from_dict.
 
+    ``decision``: how foreground is decided from the network and the query prior (:class:`DecisionRule`;
+    the default is the network's argmax, as in the released code).
+
     Paper-mode switches (both False reproduce the released code, spec 1.9 and 1.10):
 
     - ``mask_support_features``: multiply every support feature map by the support mask (or prior),
@@ -106,6 +135,7 @@ class HHNConfig:
     sinkhorn: SinkhornSettings = field(default_factory=SinkhornSettings)
     mask_support_features: bool = False
     grad_through_fusion: bool = False
+    decision: DecisionRule = field(default_factory=DecisionRule)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -122,6 +152,8 @@ class HHNConfig:
         object.__setattr__(self, "image_size", size)
         if isinstance(self.sinkhorn, dict):
             object.__setattr__(self, "sinkhorn", SinkhornSettings(**self.sinkhorn))
+        if isinstance(self.decision, dict):
+            object.__setattr__(self, "decision", DecisionRule(**self.decision))
         if "{}" not in self.text_template:
             raise UserError(f"config {self.name!r}: text_template must contain '{{}}' for the class name")
 

@@ -1,4 +1,4 @@
-"""Compute-device selection: ``select_device("auto"|"cpu"|"cuda"|"mps") -> torch.device``."""
+"""Compute-device selection: ``select_device("auto"|"cpu"|"cuda"|"mps") -> torch.device``; CPU thread count."""
 
 from __future__ import annotations
 
@@ -43,3 +43,12 @@ def select_device(name: str | torch.device = "auto") -> torch.device:
         raise UserError(f"device {kind!r} is not available here; available: {', '.join(available)} "
                         f"(use --device auto to pick the best one)")
     return torch.device(name)
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Use ``threads`` torch CPU threads (None: leave torch's default); below 1 raises UserError."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)

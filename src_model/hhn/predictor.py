@@ -11,10 +11,12 @@ Images are numpy uint8 (H, W, 3) RGB of any size; they are squash-resized (aspec
 in the paper) to the network geometry with antialiased bilinear interpolation and ImageNet-normalised.
 Masks and priors are float (H, W) in [0, 1] at their image's size, resized bilinearly (not
 thresholded). Images and maps go through :mod:`hhn.preprocess`, the path training and the priors use.
-K-shot: one 1-shot forward per support; ``fg_prob`` is the mean over shots of the foreground softmax
-and ``mask`` the vote rule of :func:`hhn.kshot.vote_kshot`, both computed on the head logits upsampled
-straight to the original size (bilinear, align_corners=True), like the released evaluation with
-``use_original_imgsize``.
+K-shot: one 1-shot forward per support; ``fg_prob`` is the mean over shots of the per-shot foreground
+score and ``mask`` the vote rule of :func:`hhn.kshot.vote_kshot`, both computed on the head logits
+upsampled straight to the original size (bilinear, align_corners=True), like the released evaluation
+with ``use_original_imgsize``. The per-shot score and decision follow a
+:class:`hhn.config.DecisionRule` (the model config's unless given; default: the foreground softmax and
+its argmax, as released).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hhn.config import DecisionRule
 from hhn.device import select_device
 from hhn.errors import UserError
 from hhn.kshot import vote_kshot
@@ -72,8 +75,9 @@ class SupportSet:
 
 @dataclass(frozen=True)
 class Prediction:
-    """fg_prob: (H, W) float32 in [0, 1], mean over shots of the foreground softmax.
-    mask: (H, W) bool, the K-shot vote (for K = 1: argmax of the logits)."""
+    """fg_prob: (H, W) float32 in [0, 1], mean over shots of the foreground score (the softmax, blended
+    with the query prior by the model's decision rule). mask: (H, W) bool, the K-shot vote of the
+    per-shot decisions (default rule, K = 1: argmax of the logits)."""
 
     fg_prob: np.ndarray
     mask: np.ndarray
@@ -104,12 +108,15 @@ def _check_map(values: np.ndarray, size: tuple[int, int], what: str) -> np.ndarr
 
 class Predictor:
     """Runs an :class:`HHN` on numpy images. model: the network (moved to ``device``, eval mode).
-    batch_pairs: (query, support) pairs per network call in :meth:`predict_batch`."""
+    batch_pairs: (query, support) pairs per network call in :meth:`predict_batch`. decision: how
+    foreground is decided (default: the model config's rule)."""
 
-    def __init__(self, model: HHN, device: str | torch.device = "auto", batch_pairs: int = 4) -> None:
+    def __init__(self, model: HHN, device: str | torch.device = "auto", batch_pairs: int = 4,
+                 decision: DecisionRule | None = None) -> None:
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
+        self.decision = decision if decision is not None else model.config.decision
         self.batch_pairs = max(1, int(batch_pairs))
 
     # ------------------------------------------------------------------ encoding
@@ -176,8 +183,9 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(queries), per_call):
             chunk = [self._encoded(q) for q in queries[start:start + per_call]]
-            maps = [self._network_map(_check_map(p, e.original_size, f"query prior {start + i}"))
-                    for i, (p, e) in enumerate(zip(priors[start:start + per_call], chunk))]
+            checked = [_check_map(p, e.original_size, f"query prior {start + i}")
+                       for i, (p, e) in enumerate(zip(priors[start:start + per_call], chunk))]
+            maps = [self._network_map(p) for p in checked]
             n = len(chunk)
             q_feats = [torch.cat([e.features[level].expand(shots, -1, -1, -1) for e in chunk])
                        for level in range(len(support.features))]
@@ -186,20 +194,27 @@ class Predictor:
             with torch.no_grad():
                 logits = self.model.forward_query(q_feats, s_feats, q_prior, support.text,
                                                   support_weight=support.masks.repeat(n, 1, 1))
-            results += [self._finish(logits[i * shots:(i + 1) * shots], e.original_size)
-                        for i, e in enumerate(chunk)]
+            results += [self._finish(logits[i * shots:(i + 1) * shots], prior)
+                        for i, prior in enumerate(checked)]
         return results
 
-    @staticmethod
-    def _finish(shot_logits: torch.Tensor, size: tuple[int, int]) -> Prediction:
-        """(K, 2, h2, w2) head logits of one query -> Prediction at ``size`` (one shot at a time)."""
+    def _finish(self, shot_logits: torch.Tensor, prior: np.ndarray) -> Prediction:
+        """(K, 2, h2, w2) head logits of one query and its prior float32 (H, W) -> Prediction at (H, W)
+        (one shot at a time; the predictor's decision rule)."""
+        rule = self.decision
+        size = tuple(prior.shape)
+        prior_t = torch.from_numpy(prior).to(shot_logits.device) if not rule.is_argmax else None
         prob_sum = None
         labels = []
         for logits in shot_logits.split(1):
             full = F.interpolate(logits, size, mode="bilinear", align_corners=True)
             prob = full.softmax(dim=1)[0, 1]
+            if prior_t is None:
+                labels.append(full[0].argmax(dim=0).bool())
+            else:
+                prob = (1.0 - rule.prior_weight) * prob + rule.prior_weight * prior_t
+                labels.append(prob > rule.threshold)
             prob_sum = prob if prob_sum is None else prob_sum + prob
-            labels.append(full[0].argmax(dim=0).bool())
         mask = vote_kshot(torch.stack(labels).unsqueeze(0))[0]
         fg_prob = (prob_sum / shot_logits.shape[0]).float().cpu().numpy()
         return Prediction(fg_prob=fg_prob, mask=mask.cpu().numpy())

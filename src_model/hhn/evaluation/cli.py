@@ -10,9 +10,11 @@ Backbone descriptors of each image are computed once per run (``--cache-dir`` ke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
+from hhn.config import DecisionRule
 from hhn.errors import UserError
 
 
@@ -54,7 +56,22 @@ def _build_method(args, features):
 
         encoder = TextEncoder(model.config.clip_model, model.config.clip_pretrained, device=args.device_obj)
         text = encoder.class_embeddings
-    return methods.HHNMethod(Predictor(model, device=args.device_obj), text=text)
+    return methods.HHNMethod(Predictor(model, device=args.device_obj, decision=parse_decision(args.decision)),
+                             text=text)
+
+
+def parse_decision(text: str | None) -> DecisionRule | None:
+    """``--decision``: None (the model's rule), ``argmax`` (the network alone) or ``W,T`` (prior weight,
+    threshold)."""
+    if text is None:
+        return None
+    if text == "argmax":
+        return DecisionRule()
+    try:
+        weight, threshold = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--decision must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), got {text!r}") from None
+    return DecisionRule(weight, threshold)
 
 
 def run_eval_cli(args) -> int:
@@ -63,16 +80,13 @@ def run_eval_cli(args) -> int:
 
     from hhn.data import open_dataset, resolve_test_classes
     from hhn.data.episodes import EpisodeSampler
-    from hhn.device import select_device
+    from hhn.device import select_device, set_cpu_threads
     from hhn.evaluation.runner import evaluate
     from hhn.priors.features import DenseFeatures
 
     if args.episodes < 1 or args.shots < 1:
         raise UserError("--episodes and --shots must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
     dataset = open_dataset(args.data, args.layout, fold=args.fold, min_fraction=args.min_fraction,
                            exclude=_classes_arg(args.exclude))
@@ -92,6 +106,9 @@ def run_eval_cli(args) -> int:
     result.update(classes=list(sampler.classes), prior=args.prior if uses_prior else None,
                   prior_positives=args.prior_positives, prior_negatives=args.prior_negatives,
                   negatives=args.negatives)
+    predictor = getattr(method, "predictor", None)
+    if predictor is not None:
+        result["decision"] = dataclasses.asdict(predictor.decision)
     if args.json:
         print(json.dumps(result))
     else:

@@ -24,7 +24,7 @@ def run_train_cli(args) -> int:
     from hhn.config import load_preset
     from hhn.data import open_dataset, resolve_test_classes
     from hhn.data.episodes import EpisodeSampler
-    from hhn.device import select_device
+    from hhn.device import select_device, set_cpu_threads
     from hhn.network import HHN
     from hhn.priors.coseg import CosegPrior
     from hhn.priors.features import DenseFeatures
@@ -33,6 +33,7 @@ def run_train_cli(args) -> int:
     from hhn.training.priors import PriorBank
     from hhn.training.recipes import get_recipe
 
+    set_cpu_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     if out.exists() and (out / "last.state.pt").exists() and not args.resume:
