@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.safetensors")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 with loss scaling on CUDA, bfloat16 elsewhere")
     _add_threads(p)
     _add_prior_gallery(p)
     _add_fold_args(p)

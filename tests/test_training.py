@@ -42,14 +42,14 @@ def setup(tmp_path_factory):
     return dataset, recipe, config, features, targets, priors, sampler
 
 
-def _trainer(setup, out, steps, model=None):
+def _trainer(setup, out, steps, model=None, amp=False):
     dataset, recipe, config, features, targets, priors, sampler = setup
     if model is None:
         torch.manual_seed(1)
         model = HHN(config, pretrained_backbone=True)
     return Trainer(model, recipe, out, features, targets, priors,
                    lambda step: [sampler.episode(2 * step + i) for i in range(2)], steps, seed=0,
-                   log=lambda s: None, checkpoint_every=5)
+                   log=lambda s: None, checkpoint_every=5, amp=amp)
 
 
 def test_banks_shapes_and_ranges(setup):
@@ -96,6 +96,54 @@ def test_resume_continues_exactly(setup, tmp_path):
     np.testing.assert_allclose(rest, straight[5:], rtol=1e-4, atol=1e-5)
 
 
+def test_mixed_precision_run_tracks_float32_and_lowers_the_loss(setup, tmp_path):
+    # on CPU, AMP is bfloat16 autocast: the same code path as CUDA's float16 minus the loss scaler
+    full = _trainer(setup, tmp_path / "fp32", steps=1)
+    mixed = _trainer(setup, tmp_path / "amp", steps=40, amp=True)
+    batch = _first_batch(setup, full)
+    with torch.no_grad():
+        exact, approx = float(full.loss(batch)), float(mixed.loss(batch))
+    assert approx == pytest.approx(exact, rel=0.05) and approx != exact  # bfloat16 really ran
+    losses = mixed.run()
+    assert np.isfinite(losses).all() and np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    state = torch.load(mixed.state_path, weights_only=True)
+    assert "scaler" in state  # resumable with the loss scaler's state (empty when the scaler is off)
+
+
+def test_batch_moves_every_tensor_to_the_device(setup, tmp_path):
+    moved = _first_batch(setup, _trainer(setup, tmp_path / "run", steps=1)).to("meta")
+    tensors = [*moved.query_feats, *moved.support_feats, moved.query_prior, moved.support_prior,
+               moved.support_weight, moved.query_target, moved.support_target]
+    assert all(t.device.type == "meta" for t in tensors)
+
+
+def test_sinkhorn_runs_outside_autocast(monkeypatch):
+    # CUDA autocast would cast the solver's float64 einsums to float16; CPU autocast leaves einsum alone, so
+    # check the mechanism: the solver is called with autocast off, and the plan is the plain one.
+    import hhn.transport as transport
+    from hhn.config import SinkhornSettings
+
+    seen, solver = [], transport.sinkhorn
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return solver(*args, **kwargs)
+
+    monkeypatch.setattr(transport, "sinkhorn", recording)
+    attention = torch.rand(2, 6, 9, generator=torch.Generator().manual_seed(0))
+    exact = transport.transport_plan(attention, SinkhornSettings())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = transport.transport_plan(attention, SinkhornSettings())
+    assert seen == [False, False] and torch.equal(exact, under_amp)
+
+
+def _first_batch(setup, trainer):
+    from hhn.training.loop import make_batch
+
+    return make_batch(trainer.sample(0), trainer.features, trainer.targets, trainer.priors, trainer.recipe,
+                      np.random.default_rng(0))
+
+
 def test_backbone_is_not_trained(setup, tmp_path):
     trainer = _trainer(setup, tmp_path / "run", steps=2)
     before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
@@ -123,6 +171,6 @@ def test_train_cli_requires_held_out_classes(tmp_path):
     root = write_generic_dataset(tmp_path / "synth")
     args = argparse.Namespace(data=str(root), layout="auto", preset="wfss-lite0", recipe="ours", out=str(tmp_path / "o"),
                               steps=1, resume=False, test_classes=None, fold=None, seed=0, device="cpu",
-                              prior_positives=3, prior_negatives=3, threads=None)
+                              prior_positives=3, prior_negatives=3, threads=None, amp=False)
     with pytest.raises(UserError, match="held-out"):
         run_train_cli(args)

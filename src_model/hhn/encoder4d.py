@@ -164,8 +164,9 @@ class Conv4dUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)  # logical (B, C, Ha, Wa, Hb, Wb), stored (B, Ha, Wa, Hb, Wb, C)
         rows = y.permute(0, 2, 3, 4, 5, 1)
-        flat = GroupNormReLUFunction.apply(rows.reshape(rows.shape[0], -1, rows.shape[-1]), self.norm.weight,
-                                           self.norm.bias, self.norm.num_groups, self.norm.eps)
+        # float32 statistics also under mixed precision (a no-op for float32 input)
+        flat = GroupNormReLUFunction.apply(rows.reshape(rows.shape[0], -1, rows.shape[-1]).float(),
+                                           self.norm.weight, self.norm.bias, self.norm.num_groups, self.norm.eps)
         return flat.view(rows.shape).permute(0, 5, 1, 2, 3, 4)
 
 

@@ -54,11 +54,13 @@ def sinkhorn(cost: torch.Tensor, reg: float = 0.5, max_iter: int = 1000,
 def transport_plan(attention: torch.Tensor, settings: SinkhornSettings) -> torch.Tensor:
     """The released OT step: attention (B, n, m) in [0, 1] -> constant plan, same dtype, no grad.
 
-    Entries <= 0 become 1e-6, cost = 1 - attention (detached), plan = Sinkhorn(1/n, 1/m, cost, reg).
+    Entries <= 0 become 1e-6, cost = 1 - attention (detached), plan = Sinkhorn(1/n, 1/m, cost, reg);
+    the solver runs outside autocast (float64 on CPU and CUDA), so mixed precision does not change it.
     """
     floored = torch.where(attention <= 0, torch.full_like(attention, ATTENTION_FLOOR), attention)
-    cost = (1.0 - floored).detach()
-    plan = sinkhorn(cost, settings.reg, settings.max_iter, settings.stop_thr)
+    cost = (1.0 - floored).detach().float()
+    with torch.autocast(cost.device.type, enabled=False):  # under AMP too: the solver needs its precision
+        plan = sinkhorn(cost, settings.reg, settings.max_iter, settings.stop_thr)
     return plan.to(attention.dtype)
 
 

@@ -80,7 +80,7 @@ def run_train_cli(args) -> int:
     meta = {"data": str(args.data), "train_classes": list(train_classes), "test_classes": list(test),
             "preset": args.preset, "seed": args.seed}
     trainer = Trainer(model, recipe, out, features, targets, priors, sample, steps, seed=args.seed,
-                      log=lambda s: print("train: " + s, file=sys.stderr), metadata=meta)
+                      log=lambda s: print("train: " + s, file=sys.stderr), metadata=meta, amp=args.amp)
     if args.resume:
         trainer.resume()
     t0 = time.perf_counter()

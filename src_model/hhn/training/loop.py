@@ -3,12 +3,18 @@
 A training run lives in one folder ``out``:
 
 - ``last.safetensors`` + ``last.json``: the model (our checkpoint format, ``hhn.checkpoints``);
-- ``last.state.pt``: optimiser state and step (loadable with ``weights_only=True``; the random numbers
-  of a step are derived from (seed, step), so no RNG state is needed);
+- ``last.state.pt``: optimiser state, step and (with AMP on CUDA) the loss scaler's state (loadable with
+  ``weights_only=True``; the random numbers of a step are derived from (seed, step), so no RNG state is
+  needed);
 - ``log.jsonl``: one JSON line per logged step (step, loss, seconds per step).
 
 Writes are atomic (temporary file + rename), so a run killed at any moment resumes from its last
 checkpoint with ``resume=True``.
+
+Batches are assembled on the CPU (the banks live there) and moved to the model's device per step.
+Mixed precision (``amp=True``): the forward pass and loss run under ``torch.autocast``, float16 with a
+dynamic loss scaler on CUDA, bfloat16 elsewhere (no scaler needed); the Sinkhorn step and the fused
+GroupNorm keep float32/float64 arithmetic (see ``hhn.transport`` and ``hhn.encoder4d``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ class Batch:
     support_weight: torch.Tensor
     query_target: torch.Tensor
     support_target: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on ``device``."""
+        return Batch([t.to(device) for t in self.query_feats], [t.to(device) for t in self.support_feats],
+                     *(t.to(device) for t in (self.query_prior, self.support_prior, self.support_weight,
+                                              self.query_target, self.support_target)))
 
 
 def _maybe_flip(feats: list[torch.Tensor], prior: np.ndarray, target: np.ndarray, flip: bool):
@@ -130,12 +142,13 @@ class Trainer:
         steps: total optimisation steps.
         seed: seed of the augmentation RNG.
         log: ``str -> None`` for progress lines.
+        amp: mixed precision (see the module docstring).
     """
 
     def __init__(self, model, recipe: Recipe, out: str | Path, features: FeatureBank, targets: TargetBank,
                  priors: EpisodePriors, sample: Callable[[int], Sequence[Episode]], steps: int, seed: int = 0,
                  log: Callable[[str], None] = print, checkpoint_every: int = 100,
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, amp: bool = False) -> None:
         self.model, self.recipe, self.out = model, recipe, Path(out)
         self.features, self.targets, self.priors, self.sample = features, targets, priors, sample
         self.steps, self.seed, self.log, self.checkpoint_every = steps, seed, log, checkpoint_every
@@ -144,6 +157,10 @@ class Trainer:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.device = next(model.parameters()).device
+        self.amp = amp
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.device.type == "cuda")
         self.step = 0
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -164,6 +181,8 @@ class Trainer:
         self.model.load_state_dict(load_state_dict_file(self.model_path), strict=False)
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.log(f"resumed from {self.out} at step {self.step}/{self.steps}")
         return True
@@ -174,17 +193,21 @@ class Trainer:
         meta = dict(self.metadata, step=self.step, steps=self.steps, recipe=self.recipe.name)
         save_checkpoint(self.model, self.model_path, metadata=meta)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step}, tmp)
+        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "scaler": self.scaler.state_dict()}, tmp)
         os.replace(tmp, self.state_path)
 
     def loss(self, batch: Batch) -> torch.Tensor:
+        """The recipe's loss of one batch (float32; forward under autocast when ``amp``)."""
         r = self.recipe
-        q_logits, s_logits = self.model.forward_features(
-            batch.query_feats, batch.support_feats, batch.query_prior, batch.support_prior, None,
-            support_weight=batch.support_weight, with_support=r.support_loss_weight > 0)
-        loss = r.query_loss_weight * segmentation_loss(q_logits, batch.query_target, r.ignore_void)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            q_logits, s_logits = self.model.forward_features(
+                batch.query_feats, batch.support_feats, batch.query_prior, batch.support_prior, None,
+                support_weight=batch.support_weight, with_support=r.support_loss_weight > 0)
+        loss = r.query_loss_weight * segmentation_loss(q_logits.float(), batch.query_target, r.ignore_void)
         if s_logits is not None:
-            loss = loss + r.support_loss_weight * segmentation_loss(s_logits, batch.support_target, r.ignore_void)
+            loss = loss + r.support_loss_weight * segmentation_loss(s_logits.float(), batch.support_target,
+                                                                    r.ignore_void)
         if r.norm_penalty:
             loss = loss + r.norm_penalty * sum(p.norm() for p in self.params)
         return loss
@@ -200,14 +223,16 @@ class Trainer:
                 # Every step's randomness (augmentation, then dropout) depends only on (seed, step): a resumed
                 # run repeats the same steps whatever else consumed random numbers before (lazy priors do).
                 rng = np.random.default_rng([self.seed, self.step])
-                batch = make_batch(self.sample(self.step), self.features, self.targets, self.priors, self.recipe, rng)
+                batch = make_batch(self.sample(self.step), self.features, self.targets, self.priors, self.recipe,
+                                   rng).to(self.device)
                 torch.manual_seed(int(rng.integers(2**62)))
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(self.recipe, self.step, self.steps)
                 loss = self.loss(batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 self.step += 1
                 losses.append(float(loss.detach()))
                 if self.step % 10 == 0 or self.step == self.steps:
