@@ -36,8 +36,11 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "hhn-argmax": "(c') HHN network alone (argmax)", "all-fg": "(d) all pixels foreground"}
 
 
+MODEL_ROWS = ("hhn", "hhn-argmax", "prior-at-rule")
+
+
 def decision_args(row: str) -> list[str]:
-    """The ``--decision`` flag of an hhn row (the rule comes from the wfss-lite0 preset)."""
+    """The ``--decision`` flag of a model row (the rule comes from the wfss-lite0 preset)."""
     from hhn.config import load_preset
 
     rule = load_preset("wfss-lite0").decision
@@ -46,19 +49,23 @@ def decision_args(row: str) -> list[str]:
             "prior-at-rule": ["--decision", f"1,{rule.threshold}"]}[row]
 
 
-def cell_command(args, fold: int, shots: int, support: str, row: str) -> list[str] | None:
-    """The ``wfss eval`` command of one cell, or None when it does not apply (no model for the fold)."""
-    runs_model = row in ("hhn", "hhn-argmax", "prior-at-rule")
+def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> list[str] | None:
+    """The ``wfss eval`` command of some cells of one column and support: one baseline row, or model rows
+    (several decision rules scored on one network pass, one JSON line each); None when the fold has no
+    model."""
+    runs_model = rows[0] in MODEL_ROWS
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
-           "hhn" if runs_model else row, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0",
-           "--json"]
+           "hhn" if runs_model else rows[0], "--shots", str(shots), "--episodes", str(args.episodes), "--seed",
+           "0", "--json"]
     if runs_model:
         if fold not in args.models:
             return None
-        cmd += ["--model", args.models[fold], *decision_args(row)]
+        cmd += ["--model", args.models[fold]]
+        for row in rows:
+            cmd += decision_args(row)
     if support != "none":
         cmd += ["--support", support]
-    if row != "all-fg" and args.cache_dir:
+    if rows[0] != "all-fg" and args.cache_dir:
         cmd += ["--cache-dir", str(args.cache_dir)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -77,27 +84,40 @@ def load_results(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in rows}
 
 
+def pending_jobs(args, fold: int, shots: int, done: dict) -> list[tuple[list[str], str]]:
+    """(rows, support) still to run in one column: each baseline cell alone, the model rows of a support
+    together."""
+    only = set(args.only or [m for m, _ in METHODS])
+    todo = [(row, support) for row, supports in METHODS for support in supports
+            if row in only and _key(fold, shots, support, row, args.episodes) not in done]
+    jobs = [([row], support) for row, support in todo if row not in MODEL_ROWS]
+    for support in ("tags", "masks"):
+        rows = [row for row, sup in todo if row in MODEL_ROWS and sup == support]
+        if rows:
+            jobs.append((rows, support))
+    return jobs
+
+
 def run(args) -> None:
     done = load_results(args.results)
-    only = set(args.only or [m for m, _ in METHODS])
     for fold in args.folds:
         for shots in args.shots:
-            for method, supports in METHODS:
-                for support in supports:
-                    key = _key(fold, shots, support, method, args.episodes)
-                    cmd = cell_command(args, fold, shots, support, method)
-                    if method not in only or key in done or cmd is None:
-                        continue
-                    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
-                    proc = subprocess.run(cmd, capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-                    result = json.loads(proc.stdout)
-                    row = {"key": key, "fold": fold, "shots": shots, "support": support, "method": method,
-                           "command": " ".join(cmd), "result": result}
-                    with args.results.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"  mIoU {result['miou']:.1f}  FB-IoU {result['fbiou']:.1f}", file=sys.stderr, flush=True)
+            for rows, support in pending_jobs(args, fold, shots, done):
+                cmd = cell_command(args, fold, shots, support, rows)
+                if cmd is None:
+                    continue
+                print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+                results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+                with args.results.open("a", encoding="utf-8") as f:
+                    for row, result in zip(rows, results, strict=True):
+                        f.write(json.dumps({"key": _key(fold, shots, support, row, args.episodes), "fold": fold,
+                                            "shots": shots, "support": support, "method": row,
+                                            "command": " ".join(cmd), "result": result}) + "\n")
+                        print(f"  {row}: mIoU {result['miou']:.1f}  FB-IoU {result['fbiou']:.1f}", file=sys.stderr,
+                              flush=True)
 
 
 def render(results: dict[str, dict]) -> str:

@@ -18,9 +18,10 @@ One run (:meth:`Engine.propose`):
    ``Predictor.encode_support`` is called once per class.
 3. **Queries, streamed in batches of** ``batch_size``. Each query is decoded and encoded once (the
    prior reuses the taps too); per class its prior map and ``Predictor.predict_batch`` give
-   ``fg_prob`` ``(H, W)`` in ``[0, 1]``.
+   ``fg_prob`` ``(H, W)`` in ``[0, 1]`` (the network's softmax blended with the prior by the model's
+   decision rule, ``hhn.config.DecisionRule``).
    Per pixel the label is the class with the highest ``fg_prob`` (ties: class-table order), or
-   background (0) where that highest value is below ``threshold``. With ``store=True`` the batch's
+   background (0) where that highest value is below ``threshold`` (default: the rule's). With ``store=True`` the batch's
    label maps are stored with ``Session.set_proposal`` under one ``deferred_save`` (one write of
    ``project.json`` per batch), then the results are yielded. Memory holds one batch of queries
    (and two maps per query for the per-pixel decision, whatever the number of classes).

@@ -73,19 +73,27 @@ def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model, feature_ca
     assert result["method"] == "hhn" and 0 <= result["miou"] <= 100
 
 
-def test_hhn_decision_rule_is_recorded_and_weight_one_is_the_prior_alone(synth, capsys, tiny_model, feature_cache):
+def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(synth, capsys, tiny_model,
+                                                                              feature_cache):
     args = ("--support", "tags", "--prior-negatives", "2", "--threads", "1")
     prior = _eval(capsys, synth, "--method", "prior", *args, cache=feature_cache)
-    only_prior = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "1,0.5", *args,
-                       cache=feature_cache)
+    code = main(["eval", "--data", str(synth), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
+                 "--device", "cpu", "--json", "--cache-dir", feature_cache, "--method", "hhn", "--model", tiny_model,
+                 "--decision", "1,0.5", "--decision", "argmax", *args])
+    assert code == 0
+    only_prior, network = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5}
     assert only_prior["per_class"] == prior["per_class"] and only_prior["fbiou"] == prior["fbiou"]
-    network = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
-                    cache=feature_cache)
-    assert network["decision"] == {"prior_weight": 0.0, "threshold": 0.5}
+    alone = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
+                  cache=feature_cache)
+    assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5}
+    assert network["per_class"] == alone["per_class"]  # the shared pass scores like a run of its own
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                  "--decision", "0.5"]) == 2
     assert "--decision must be" in capsys.readouterr().err
+    assert main(["eval", "--data", str(synth), "--test-classes", "square", "--method", "map",
+                 "--decision", "argmax"]) == 2
+    assert "--method hhn only" in capsys.readouterr().err
 
 
 def test_table_output_and_user_errors(synth, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hhn.config import load_preset
+from hhn.config import DecisionRule, load_preset
 from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
@@ -24,7 +24,7 @@ SIZE = (64, 64)
 def lite():
     torch.manual_seed(0)
     config = dataclasses.replace(load_preset("wfss-lite0"), image_size=SIZE)
-    return Predictor(HHN(config), device="cpu")
+    return Predictor(HHN(config), device="cpu", decision=DecisionRule())  # the network's own argmax
 
 
 def image(h, w, seed):
@@ -74,8 +74,6 @@ def test_kshot_is_mean_probability_and_vote_of_single_shots(lite):
 
 
 def test_decision_rule_blends_the_prior_and_thresholds_each_shot(lite):
-    from hhn.config import DecisionRule
-
     rule = DecisionRule(prior_weight=0.25, threshold=0.7)
     blended = Predictor(lite.model, device="cpu", decision=rule)
     imgs = [image(50, 70, s) for s in (20, 21)]
@@ -91,7 +89,7 @@ def test_decision_rule_blends_the_prior_and_thresholds_each_shot(lite):
 
 
 def test_decision_rule_is_validated_and_round_trips():
-    from hhn.config import DecisionRule, HHNConfig
+    from hhn.config import HHNConfig
 
     config = dataclasses.replace(load_preset("wfss-lite0"), decision=DecisionRule(0.5, 0.8))
     assert HHNConfig.from_dict(config.to_dict()) == config

@@ -173,6 +173,12 @@ class Predictor:
     def predict_batch(self, queries: Sequence[np.ndarray | EncodedImage], support: SupportSet,
                       priors: Sequence[np.ndarray]) -> list[Prediction]:
         """Several queries of the same class; (query, shot) pairs are batched ``batch_pairs`` at a time."""
+        return [self.decide(logits, prior) for logits, prior in self.logits_batch(queries, support, priors)]
+
+    def logits_batch(self, queries: Sequence[np.ndarray | EncodedImage], support: SupportSet,
+                     priors: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """The network part of :meth:`predict_batch`: per query, its ``(K, 2, h2, w2)`` head logits (one
+        row per shot) and its checked prior float32 ``(H, W)``, ready for :meth:`decide`."""
         if len(queries) != len(priors):
             raise InvalidInputError(f"give one prior per query (got {len(queries)} queries, {len(priors)} priors)")
         if support.model_name != self.config.name:
@@ -180,7 +186,7 @@ class Predictor:
                                     f"{self.config.name!r}; encode it again with this predictor")
         shots = support.shots
         per_call = max(1, self.batch_pairs // shots)
-        results: list[Prediction] = []
+        results: list[tuple[torch.Tensor, np.ndarray]] = []
         for start in range(0, len(queries), per_call):
             chunk = [self._encoded(q) for q in queries[start:start + per_call]]
             checked = [_check_map(p, e.original_size, f"query prior {start + i}")
@@ -194,14 +200,13 @@ class Predictor:
             with torch.no_grad():
                 logits = self.model.forward_query(q_feats, s_feats, q_prior, support.text,
                                                   support_weight=support.masks.repeat(n, 1, 1))
-            results += [self._finish(logits[i * shots:(i + 1) * shots], prior)
-                        for i, prior in enumerate(checked)]
+            results += [(logits[i * shots:(i + 1) * shots], prior) for i, prior in enumerate(checked)]
         return results
 
-    def _finish(self, shot_logits: torch.Tensor, prior: np.ndarray) -> Prediction:
+    def decide(self, shot_logits: torch.Tensor, prior: np.ndarray, rule: DecisionRule | None = None) -> Prediction:
         """(K, 2, h2, w2) head logits of one query and its prior float32 (H, W) -> Prediction at (H, W)
-        (one shot at a time; the predictor's decision rule)."""
-        rule = self.decision
+        (one shot at a time) under ``rule`` (default: the predictor's decision rule)."""
+        rule = self.decision if rule is None else rule
         size = tuple(prior.shape)
         prior_t = torch.from_numpy(prior).to(shot_logits.device) if not rule.is_argmax else None
         prob_sum = None

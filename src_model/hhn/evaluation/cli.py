@@ -37,18 +37,20 @@ def _build_prior(args, features, class_names):
     return CosegPrior(features=features)
 
 
-def _build_method(args, features):
+def _build_methods(args, features) -> list:
+    """The methods to score: one, or for ``hhn`` one per ``--decision`` (sharing the network's passes)."""
     from hhn.evaluation import methods
 
     if args.method == "all-fg":
-        return methods.AllForeground()
+        return [methods.AllForeground()]
     if args.method == "prior":
-        return methods.PriorOnly()
+        return [methods.PriorOnly()]
     if args.method == "map":
-        return methods.MaskedAveragePooling(features)
+        return [methods.MaskedAveragePooling(features)]
     from hhn.factory import create_model
     from hhn.predictor import Predictor
 
+    rules = [parse_decision(text) for text in args.decision or [None]]
     model = create_model(args.model, device=args.device_obj)
     text = None
     if model.config.use_text:
@@ -56,13 +58,13 @@ def _build_method(args, features):
 
         encoder = TextEncoder(model.config.clip_model, model.config.clip_pretrained, device=args.device_obj)
         text = encoder.class_embeddings
-    return methods.HHNMethod(Predictor(model, device=args.device_obj, decision=parse_decision(args.decision)),
-                             text=text)
+    predictor, shared = Predictor(model, device=args.device_obj), {}
+    return [methods.HHNMethod(predictor, text=text, decision=rule, shared=shared) for rule in rules]
 
 
 def parse_decision(text: str | None) -> DecisionRule | None:
-    """``--decision``: None (the model's rule), ``argmax`` (the network alone) or ``W,T`` (prior weight,
-    threshold)."""
+    """One ``--decision``: None (the model's rule), ``argmax`` (the network alone) or ``W,T`` (prior
+    weight, threshold)."""
     if text is None:
         return None
     if text == "argmax":
@@ -75,7 +77,8 @@ def parse_decision(text: str | None) -> DecisionRule | None:
 
 
 def run_eval_cli(args) -> int:
-    """Run ``wfss eval`` from parsed arguments; prints a table, or one JSON object with ``--json``."""
+    """Run ``wfss eval`` from parsed arguments; prints a table, or one JSON object with ``--json`` (one line
+    per ``--decision`` when several are given, in their order)."""
     import torch
 
     from hhn.data import open_dataset, resolve_test_classes
@@ -98,21 +101,20 @@ def run_eval_cli(args) -> int:
                              negatives=args.negatives)
     torch.manual_seed(args.seed)
     features = DenseFeatures(device=args.device_obj, cache_dir=args.cache_dir)
-    method = _build_method(args, features)
-    uses_prior = method.needs_query_prior or (args.support == "tags" and method.needs_support_masks)
+    if args.decision and args.method != "hhn":
+        raise UserError("--decision applies to --method hhn only")
+    scored = _build_methods(args, features)
+    uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior = _build_prior(args, features, dataset.classes) if uses_prior else None
-    (result,) = evaluate(dataset, sampler, [method], args.episodes, supervision=args.support, prior=prior,
-                         progress=None if args.json else _progress)
-    result.update(classes=list(sampler.classes), prior=args.prior if uses_prior else None,
-                  prior_positives=args.prior_positives, prior_negatives=args.prior_negatives,
-                  negatives=args.negatives)
-    predictor = getattr(method, "predictor", None)
-    if predictor is not None:
-        result["decision"] = dataclasses.asdict(predictor.decision)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
+    results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
+                       progress=None if args.json else _progress)
+    for method, result in zip(scored, results):
+        result.update(classes=list(sampler.classes), prior=args.prior if uses_prior else None,
+                      prior_positives=args.prior_positives, prior_negatives=args.prior_negatives,
+                      negatives=args.negatives)
+        if isinstance(getattr(method, "decision", None), DecisionRule):
+            result["decision"] = dataclasses.asdict(method.decision)
+        print(json.dumps(result) if args.json else format_table(result))
     return 0
 
 

@@ -95,16 +95,24 @@ class HHNMethod(Method):
         predictor: an ``hhn.predictor.Predictor``.
         text: class name -> ``ClassEmbeddings`` (``hhn.text.TextEncoder.class_embeddings``) for models
             that use CLIP text; None otherwise.
+        decision: the ``hhn.config.DecisionRule`` to score (default: the predictor's).
+        shared: a dict shared by several ``HHNMethod`` on one predictor (different rules): the network then
+            runs once per episode for all of them.
     """
 
     name = "hhn"
     needs_query_prior = True
 
-    def __init__(self, predictor, text=None) -> None:
+    def __init__(self, predictor, text=None, decision=None, shared: dict | None = None) -> None:
         self.predictor, self.text = predictor, text
+        self.decision = decision if decision is not None else predictor.decision
+        self._shared = shared if shared is not None else {}
 
     def predict(self, inputs: MethodInputs) -> np.ndarray:
-        masks = [binary_to_float(m) if m.dtype == np.uint8 else m for m in inputs.support_masks]
-        text = self.text(inputs.class_name) if self.text is not None else None
-        support = self.predictor.encode_support(inputs.support_images, masks, text=text)
-        return self.predictor.predict(inputs.query_image, support, inputs.query_prior).mask
+        if self._shared.get("inputs") is not inputs:  # holding the inputs keeps their identity unique
+            masks = [binary_to_float(m) if m.dtype == np.uint8 else m for m in inputs.support_masks]
+            text = self.text(inputs.class_name) if self.text is not None else None
+            support = self.predictor.encode_support(inputs.support_images, masks, text=text)
+            (logits, prior), = self.predictor.logits_batch([inputs.query_image], support, [inputs.query_prior])
+            self._shared.update(inputs=inputs, logits=logits, prior=prior)
+        return self.predictor.decide(self._shared["logits"], self._shared["prior"], self.decision).mask
