@@ -23,20 +23,23 @@ import sys
 from pathlib import Path
 
 #: (row, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
-#: The hhn rows differ in the decision rule only (``wfss eval --decision``): ``hhn`` uses the wfss-lite0
-#: preset's rule (network softmax blended with the query prior), ``hhn-argmax`` the network alone, and
+#: The model rows differ in the decision rule only (``wfss eval --decision``): ``hhn`` uses the wfss-lite0
+#: preset's rule (network softmax blended with the query prior), ``hhn-argmax`` the network alone,
 #: ``prior-at-rule`` the prior alone at the rule's threshold (prior weight 1: the control that tells what
-#: the network adds to a re-thresholded prior).
-METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("map", ("tags", "masks")),
-           ("hhn", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("all-fg", ("none",)))
+#: the network adds to a re-thresholded prior); ``hhn-v1`` / ``prior-at-0.8`` are the first rule
+#: (weight 0.5, threshold 0.8, chosen on fold 0 alone), kept because folds 1-2 rejected it.
+METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
+           ("map", ("tags", "masks")), ("hhn", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")),
+           ("hhn-v1", ("tags", "masks")), ("all-fg", ("none",)))
 LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
-          "prior-at-rule": "(a') tag prior alone, at the rule's threshold",
+          "prior-at-rule": "(a') tag prior alone, at the rule's threshold (0.6)",
+          "prior-at-0.8": "(a'') tag prior alone, threshold 0.8",
           "map": "(b) masked average pooling, Lite0",
-          "hhn": "(c) HHN, shipped recipe (blend with prior, rule threshold)",
-          "hhn-argmax": "(c') HHN network alone (argmax)", "all-fg": "(d) all pixels foreground"}
-
-
-MODEL_ROWS = ("hhn", "hhn-argmax", "prior-at-rule")
+          "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6)",
+          "hhn-argmax": "(c') HHN network alone (argmax)",
+          "hhn-v1": "(c'') HHN + first rule (weight 0.5, threshold 0.8; rejected)",
+          "all-fg": "(d) all pixels foreground"}
+MODEL_ROWS = ("hhn", "hhn-argmax", "prior-at-rule", "hhn-v1", "prior-at-0.8")
 
 
 def decision_args(row: str) -> list[str]:
@@ -46,7 +49,9 @@ def decision_args(row: str) -> list[str]:
     rule = load_preset("wfss-lite0").decision
     return {"hhn": ["--decision", f"{rule.prior_weight},{rule.threshold}"],
             "hhn-argmax": ["--decision", "argmax"],
-            "prior-at-rule": ["--decision", f"1,{rule.threshold}"]}[row]
+            "prior-at-rule": ["--decision", f"1,{rule.threshold}"],
+            "hhn-v1": ["--decision", "0.5,0.8"],
+            "prior-at-0.8": ["--decision", "1,0.8"]}[row]
 
 
 def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> list[str] | None:
@@ -141,7 +146,7 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.0f}"
 
 
-def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn", "hhn-argmax")) -> str:
+def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn", "hhn-argmax", "hhn-v1")) -> str:
     """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of the model rows."""
     lines = ["| row | fold | shots | support | class | IoU | precision | recall |",
              "|---|---|---|---|---|---|---|---|"]
