@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/msrc_table.py --data ../shared/data/msrc_v2 --results runs/msrc-table.jsonl \\
         [--model 0=default --model 1=runs/lite0-f1/model.safetensors ...] [--episodes 1000] \\
-        [--only hhn] [--shots 1 5] [--folds 0 1 2 3] [--cache-dir runs/features]
+        [--only hhn] [--supports tags] [--shots 1 5] [--folds 0 1 2 3] [--cache-dir runs/features]
 
 Each finished cell is appended to ``--results`` (JSON lines: the exact command and its JSON output), so
 an interrupted run resumes where it stopped; ``--render`` prints the markdown table (mIoU / FB-IoU, and
@@ -93,8 +93,9 @@ def pending_jobs(args, fold: int, shots: int, done: dict) -> list[tuple[list[str
     """(rows, support) still to run in one column: each baseline cell alone, the model rows of a support
     together."""
     only = set(args.only or [m for m, _ in METHODS])
+    kinds = set(args.supports or ("tags", "masks", "none"))
     todo = [(row, support) for row, supports in METHODS for support in supports
-            if row in only and _key(fold, shots, support, row, args.episodes) not in done]
+            if row in only and support in kinds and _key(fold, shots, support, row, args.episodes) not in done]
     jobs = [([row], support) for row, support in todo if row not in MODEL_ROWS]
     for support in ("tags", "masks"):
         rows = [row for row, sup in todo if row in MODEL_ROWS and sup == support]
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--only", nargs="+", choices=[m for m, _ in METHODS], help="run only these methods")
+    parser.add_argument("--supports", nargs="+", choices=("tags", "masks", "none"),
+                        help="run only cells with these supports")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--render", action="store_true", help="print the tables from --results and stop")
