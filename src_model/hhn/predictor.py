@@ -76,7 +76,7 @@ class SupportSet:
 @dataclass(frozen=True)
 class Prediction:
     """fg_prob: (H, W) float32 in [0, 1], mean over shots of the foreground score (the softmax, blended
-    with the query prior by the model's decision rule). mask: (H, W) bool, the K-shot vote of the
+    with the query prior by the predictor's decision rule). mask: (H, W) bool, the K-shot vote of the
     per-shot decisions (default rule, K = 1: argmax of the logits)."""
 
     fg_prob: np.ndarray
