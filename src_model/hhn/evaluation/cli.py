@@ -37,8 +37,8 @@ def _build_prior(args, features, class_names):
     return CosegPrior(features=features)
 
 
-def _build_methods(args, features) -> list:
-    """The methods to score: one, or for ``hhn`` one per ``--decision`` (sharing the network's passes)."""
+def _build_methods(args, features, rules: list[DecisionRule | None]) -> list:
+    """The methods to score: one, or for ``hhn`` one per decision rule (sharing the network's passes)."""
     from hhn.evaluation import methods
 
     if args.method == "all-fg":
@@ -50,7 +50,6 @@ def _build_methods(args, features) -> list:
     from hhn.factory import create_model
     from hhn.predictor import Predictor
 
-    rules = [parse_decision(text) for text in args.decision or [None]]
     model = create_model(args.model, device=args.device_obj)
     text = None
     if model.config.use_text:
@@ -89,6 +88,9 @@ def run_eval_cli(args) -> int:
 
     if args.episodes < 1 or args.shots < 1:
         raise UserError("--episodes and --shots must be at least 1")
+    if args.decision and args.method != "hhn":
+        raise UserError("--decision applies to --method hhn only")
+    rules = [parse_decision(text) for text in args.decision or [None]]
     set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
     dataset = open_dataset(args.data, args.layout, fold=args.fold, min_fraction=args.min_fraction,
@@ -101,9 +103,7 @@ def run_eval_cli(args) -> int:
                              negatives=args.negatives)
     torch.manual_seed(args.seed)
     features = DenseFeatures(device=args.device_obj, cache_dir=args.cache_dir)
-    if args.decision and args.method != "hhn":
-        raise UserError("--decision applies to --method hhn only")
-    scored = _build_methods(args, features)
+    scored = _build_methods(args, features, rules)
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior = _build_prior(args, features, dataset.classes) if uses_prior else None
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
