@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--layout", default="auto", choices=("auto", "generic", "pascal", "coco"))
     p.add_argument("--preset", default="wfss-lite0", help="model/recipe preset (see `wfss weights --presets`)")
-    p.add_argument("--recipe", default="ours", choices=("paper", "ours"), help="training recipe")
+    p.add_argument("--recipe", default="ours", choices=("paper", "ours", "ours-tags"),
+                   help="training recipe (ours-tags: ours with tag-prior supports only)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.safetensors")

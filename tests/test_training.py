@@ -163,6 +163,17 @@ def test_recipes_differ_where_documented():
     assert learning_rate(ours, 1000, 1000) == pytest.approx(0.05 * ours.lr)
     with pytest.raises(UserError, match="unknown training recipe"):
         get_recipe("fast")
+    tags_only = RECIPES["ours-tags"]
+    assert tags_only.support_mask_prob == 0.0 and ours.support_mask_prob == 0.5
+    assert replace(tags_only, name="ours", support_mask_prob=ours.support_mask_prob) == ours
+
+
+def test_train_cli_offers_every_recipe():
+    from napari_wfss.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    recipe = next(a for a in train._actions if a.dest == "recipe")
+    assert set(recipe.choices) == set(RECIPES)
 
 
 def test_train_cli_requires_held_out_classes(tmp_path):

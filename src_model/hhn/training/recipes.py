@@ -13,7 +13,8 @@ optimiser              AdamW lr 4e-4, wd 1e-4, constant             AdamW lr 1e-
 fusion gradient        HC / text under no_grad (config switch off)  gradient reaches HA / HT / HC
 support mask           never reaches the query (switch off)         support features weighted by mask/prior
 support weight         (unused)                                     true mask in ``support_mask_prob`` of
-                                                                    episodes, the tag prior otherwise
+                                                                    episodes (0.5), the tag prior otherwise
+                                                                    (``ours-tags``: the tag prior always)
 augmentation           none                                         horizontal flip of features and targets
 =====================  ==========================================  ===========================================
 
@@ -62,6 +63,9 @@ RECIPES = {
     "ours": Recipe(name="ours", lr=1e-3, weight_decay=1e-2, norm_penalty=0.0, ignore_void=True,
                    schedule="cosine", hflip=True, support_mask_prob=0.5, batch_size=8, steps=3000),
 }
+#: ``ours`` with the tag prior as the support weight in every episode (never the true mask): the
+#: conditions of tag-only supports at test time, to measure whether matching them in training helps.
+RECIPES["ours-tags"] = replace(RECIPES["ours"], name="ours-tags", support_mask_prob=0.0)
 
 
 def get_recipe(name: str) -> Recipe:
