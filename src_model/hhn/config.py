@@ -192,11 +192,7 @@ class HHNConfig:
                          if f.name in ("name", "backbone", "image_size") and f.name not in data)
         if missing:
             raise UserError(f"model config lacks required fields {missing}")
-        kwargs = dict(data)
-        kwargs["image_size"] = tuple(kwargs["image_size"])
-        if "sinkhorn" in kwargs:
-            kwargs["sinkhorn"] = SinkhornSettings(**kwargs["sinkhorn"])
-        return cls(**kwargs)
+        return cls(**data)  # __post_init__ converts image_size, sinkhorn and decision
 
 
 def list_presets() -> list[str]:
