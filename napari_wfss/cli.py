@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hhn = the model; prior = the tag prior alone; map = masked-average-pooling "
                         "prototype; all-fg = predict every pixel as foreground")
     p.add_argument("--decision", action="append", default=None,
-                   help="hhn's foreground decision: 'argmax' (the network alone) or PRIOR_WEIGHT,THRESHOLD "
-                        "(blend with the query prior, then threshold) (default: the model's rule); repeat it "
+                   help="hhn's foreground decision: 'argmax' (the network alone), PRIOR_WEIGHT,THRESHOLD "
+                        "(blend with the query prior, then threshold) or PRIOR_WEIGHT,THRESHOLD,trim:A/B/C "
+                        "(then trim to the query's own appearance, tap weights A/B/C) (default: the model's rule); repeat it "
                         "to score several rules on one network pass (one JSON line each)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--prior", default="coseg", choices=("coseg", "gradcam"),

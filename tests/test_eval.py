@@ -79,18 +79,26 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     prior = _eval(capsys, synth, "--method", "prior", *args, cache=feature_cache)
     code = main(["eval", "--data", str(synth), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
                  "--device", "cpu", "--json", "--cache-dir", feature_cache, "--method", "hhn", "--model", tiny_model,
-                 "--decision", "1,0.5", "--decision", "argmax", *args])
+                 "--decision", "1,0.5", "--decision", "argmax", "--decision", "1,0.5,trim:1/0.5/0", *args])
     assert code == 0
-    only_prior, network = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5}
+    only_prior, network, trimmed = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": None}
+    assert trimmed["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0]}
+    for c in prior["per_class"]:  # the trim only removes foreground: never more recall than the prior
+        assert trimmed["recall"][c] <= only_prior["recall"][c] + 1e-9
     assert only_prior["per_class"] == prior["per_class"] and only_prior["fbiou"] == prior["fbiou"]
     alone = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
                   cache=feature_cache)
-    assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5}
+    assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None}
     assert network["per_class"] == alone["per_class"]  # the shared pass scores like a run of its own
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                  "--decision", "0.5"]) == 2
     assert "--decision must be" in capsys.readouterr().err
+    for bad in ("1,0.5,1/0/0", "1,0.5,trim:1/0"):
+        assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
+                     "--decision", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--decision must be" in err or "three non-negative tap weights" in err
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--method", "map",
                  "--decision", "argmax"]) == 2
     assert "--method hhn only" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 agreement with the network's own forward; clear errors for bad inputs."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -91,8 +92,14 @@ def test_decision_rule_blends_the_prior_and_thresholds_each_shot(lite):
 def test_decision_rule_is_validated_and_round_trips():
     from hhn.config import HHNConfig
 
-    config = dataclasses.replace(load_preset("wfss-lite0"), decision=DecisionRule(0.5, 0.8))
-    assert HHNConfig.from_dict(config.to_dict()) == config
+    for rule in (DecisionRule(0.5, 0.8), DecisionRule(0.5, 0.8, [1, 0.5, 0])):
+        config = dataclasses.replace(load_preset("wfss-lite0"), decision=rule)
+        assert HHNConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert DecisionRule(0.5, 0.8, [1, 0.5, 0]).trim == (1.0, 0.5, 0.0)
+    assert not DecisionRule(0, 0.5, (1, 0, 0)).is_argmax
+    for bad in ((1, 0), (0, 0, 0), (1, -1, 0)):
+        with pytest.raises(UserError, match="tap weights"):
+            DecisionRule(0.5, 0.5, bad)
     assert load_preset("tlg-resnet50-pascal").decision.is_argmax
     for bad in ((1.5, 0.5), (0.5, 1.0), (-0.1, 0.5)):
         with pytest.raises(UserError, match="decision rule"):

@@ -44,23 +44,32 @@ class DecisionRule:
     Per shot, ``fg = (1 - prior_weight) * p_net + prior_weight * prior``, where ``p_net`` is the
     network's foreground softmax and ``prior`` the query's tag prior, both in [0, 1] at the image size;
     a pixel is foreground where ``fg > threshold`` (K shots: the vote of :func:`hhn.kshot.vote_kshot`).
-    The default (0, 0.5) is the network's own argmax, as in the released code. A trained model may
-    carry another rule, chosen on development episodes and stored with its config (``wfss-lite0``:
-    see MODEL_CARD.md).
+    With ``trim`` (tap weights of the query's own descriptors, e.g. ``(1, 0.5, 0)``), the voted mask is
+    then trimmed to the query's own appearance (:func:`hhn.refine.own_appearance_keep`) and the
+    foreground score set to 0 where a pixel is trimmed away. The default (0, 0.5, no trim) is the
+    network's own argmax, as in the released code. A trained model may carry another rule, chosen on
+    development episodes and stored with its config (``wfss-lite0``: see MODEL_CARD.md).
     """
 
     prior_weight: float = 0.0
     threshold: float = 0.5
+    trim: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.prior_weight <= 1.0 and 0.0 < self.threshold < 1.0):
             raise UserError(f"decision rule needs prior_weight in [0, 1] and threshold in (0, 1), got "
                             f"{self.prior_weight} and {self.threshold}")
+        if self.trim is not None:
+            weights = tuple(float(w) for w in self.trim)
+            if len(weights) != 3 or min(weights) < 0 or max(weights) <= 0:
+                raise UserError(f"decision rule trim needs three non-negative tap weights (strides 8, 16, "
+                                f"32), not all 0, got {self.trim}")
+            object.__setattr__(self, "trim", weights)
 
     @property
     def is_argmax(self) -> bool:
-        """True for the network's own decision (no prior blended in, threshold 0.5)."""
-        return self.prior_weight == 0.0 and self.threshold == 0.5
+        """True for the network's own decision (no prior blended in, threshold 0.5, no trim)."""
+        return self.prior_weight == 0.0 and self.threshold == 0.5 and self.trim is None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
 from hhn.preprocess import resize_mask, to_network_input
+from hhn.priors.features import descriptors_from_taps
+from hhn.refine import own_appearance_keep
 
 
 class InvalidInputError(UserError, ValueError):
@@ -81,6 +84,16 @@ class Prediction:
 
     fg_prob: np.ndarray
     mask: np.ndarray
+
+
+class QueryLogits(NamedTuple):
+    """The network's output for one query, ready for :meth:`Predictor.decide`: ``logits`` (K, 2, h2, w2)
+    head logits (one row per shot), ``prior`` float32 (H, W) the checked query prior, ``query`` the
+    query's :class:`EncodedImage` (its taps serve a rule's trim)."""
+
+    logits: torch.Tensor
+    prior: np.ndarray
+    query: EncodedImage
 
 
 def _check_image(image: np.ndarray, what: str) -> None:
@@ -173,12 +186,12 @@ class Predictor:
     def predict_batch(self, queries: Sequence[np.ndarray | EncodedImage], support: SupportSet,
                       priors: Sequence[np.ndarray]) -> list[Prediction]:
         """Several queries of the same class; (query, shot) pairs are batched ``batch_pairs`` at a time."""
-        return [self.decide(logits, prior) for logits, prior in self.logits_batch(queries, support, priors)]
+        return [self.decide(scored) for scored in self.logits_batch(queries, support, priors)]
 
     def logits_batch(self, queries: Sequence[np.ndarray | EncodedImage], support: SupportSet,
-                     priors: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, np.ndarray]]:
-        """The network part of :meth:`predict_batch`: per query, its ``(K, 2, h2, w2)`` head logits (one
-        row per shot) and its checked prior float32 ``(H, W)``, ready for :meth:`decide`."""
+                     priors: Sequence[np.ndarray]) -> list[QueryLogits]:
+        """The network part of :meth:`predict_batch`: one :class:`QueryLogits` per query, ready for
+        :meth:`decide` (under one rule or several)."""
         if len(queries) != len(priors):
             raise InvalidInputError(f"give one prior per query (got {len(queries)} queries, {len(priors)} priors)")
         if support.model_name != self.config.name:
@@ -186,7 +199,7 @@ class Predictor:
                                     f"{self.config.name!r}; encode it again with this predictor")
         shots = support.shots
         per_call = max(1, self.batch_pairs // shots)
-        results: list[tuple[torch.Tensor, np.ndarray]] = []
+        results: list[QueryLogits] = []
         for start in range(0, len(queries), per_call):
             chunk = [self._encoded(q) for q in queries[start:start + per_call]]
             checked = [_check_map(p, e.original_size, f"query prior {start + i}")
@@ -200,13 +213,15 @@ class Predictor:
             with torch.no_grad():
                 logits = self.model.forward_query(q_feats, s_feats, q_prior, support.text,
                                                   support_weight=support.masks.repeat(n, 1, 1))
-            results += [(logits[i * shots:(i + 1) * shots], prior) for i, prior in enumerate(checked)]
+            results += [QueryLogits(logits[i * shots:(i + 1) * shots], prior, encoded)
+                        for i, (prior, encoded) in enumerate(zip(checked, chunk))]
         return results
 
-    def decide(self, shot_logits: torch.Tensor, prior: np.ndarray, rule: DecisionRule | None = None) -> Prediction:
-        """(K, 2, h2, w2) head logits of one query and its prior float32 (H, W) -> Prediction at (H, W)
-        (one shot at a time) under ``rule`` (default: the predictor's decision rule)."""
+    def decide(self, scored: QueryLogits, rule: DecisionRule | None = None) -> Prediction:
+        """One query's :class:`QueryLogits` -> Prediction at (H, W) (one shot at a time, then the vote,
+        then the trim) under ``rule`` (default: the predictor's decision rule)."""
         rule = self.decision if rule is None else rule
+        shot_logits, prior = scored.logits, scored.prior
         size = tuple(prior.shape)
         prior_t = torch.from_numpy(prior).to(shot_logits.device) if not rule.is_argmax else None
         prob_sum = None
@@ -221,5 +236,10 @@ class Predictor:
                 labels.append(prob > rule.threshold)
             prob_sum = prob if prob_sum is None else prob_sum + prob
         mask = vote_kshot(torch.stack(labels).unsqueeze(0))[0]
-        fg_prob = (prob_sum / shot_logits.shape[0]).float().cpu().numpy()
-        return Prediction(fg_prob=fg_prob, mask=mask.cpu().numpy())
+        fg_prob = prob_sum / shot_logits.shape[0]
+        if rule.trim is not None:
+            taps = [scored.query.features[i][0] for i in self.model.spec.support_taps]
+            keep = own_appearance_keep(mask, descriptors_from_taps(taps, rule.trim))
+            fg_prob = torch.where(keep | ~mask, fg_prob, torch.zeros_like(fg_prob))
+            mask = keep
+        return Prediction(fg_prob=fg_prob.float().cpu().numpy(), mask=mask.cpu().numpy())

@@ -62,17 +62,22 @@ def _build_methods(args, features, rules: list[DecisionRule | None]) -> list:
 
 
 def parse_decision(text: str | None) -> DecisionRule | None:
-    """One ``--decision``: None (the model's rule), ``argmax`` (the network alone) or ``W,T`` (prior
-    weight, threshold)."""
+    """One ``--decision``: None (the model's rule), ``argmax`` (the network alone), ``W,T`` (prior
+    weight, threshold) or ``W,T,trim:A/B/C`` (the same, then trimmed to the query's own appearance with
+    tap weights A, B, C; see ``hhn.refine``)."""
     if text is None:
         return None
     if text == "argmax":
         return DecisionRule()
+    parts = text.split(",")
     try:
-        weight, threshold = (float(v) for v in text.split(","))
+        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].startswith("trim:")):
+            raise ValueError
+        trim = tuple(float(v) for v in parts[2][len("trim:"):].split("/")) if len(parts) == 3 else None
+        return DecisionRule(float(parts[0]), float(parts[1]), trim)
     except ValueError:
-        raise UserError(f"--decision must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), got {text!r}") from None
-    return DecisionRule(weight, threshold)
+        raise UserError(f"--decision must be 'argmax', PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8) or "
+                        f"PRIOR_WEIGHT,THRESHOLD,trim:A/B/C (e.g. 1,0.5,trim:1/0.5/0), got {text!r}") from None
 
 
 def run_eval_cli(args) -> int:

@@ -113,6 +113,6 @@ class HHNMethod(Method):
             masks = [binary_to_float(m) if m.dtype == np.uint8 else m for m in inputs.support_masks]
             text = self.text(inputs.class_name) if self.text is not None else None
             support = self.predictor.encode_support(inputs.support_images, masks, text=text)
-            (logits, prior), = self.predictor.logits_batch([inputs.query_image], support, [inputs.query_prior])
-            self._shared.update(inputs=inputs, logits=logits, prior=prior)
-        return self.predictor.decide(self._shared["logits"], self._shared["prior"], self.decision).mask
+            scored, = self.predictor.logits_batch([inputs.query_image], support, [inputs.query_prior])
+            self._shared.update(inputs=inputs, scored=scored)
+        return self.predictor.decide(self._shared["scored"], self.decision).mask
