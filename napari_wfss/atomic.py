@@ -127,7 +127,7 @@ def remove_stale_temps(folder: str | os.PathLike[str], older_than: float = 600.0
     now = time.time()
     for p in Path(folder).glob(f".*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
-            if now - p.stat().st_mtime > older_than:
+            if now - p.stat().st_mtime >= older_than:
                 p.unlink()
                 removed.append(p)
     return removed

@@ -13,7 +13,8 @@ index files (``coco.json``, manifest, ...) are rebuilt after a batch when the la
 enough ago (their cost grows with the folder; at most about 10 % of the run), and always at the end.
 Every file is written atomically, so a run killed at any moment (even ``kill -9``) loses at most the
 batch in flight: the rerun of the same command skips the finished images ("N already done"), exports
-any proposal the killed run saved but had not exported yet, and labels the rest.
+any proposal the killed run saved but had not exported yet, removes the killed run's temporary files
+and labels the rest. One run at a time writes an ``OUT``: a second one stops with a clear message.
 
 Tags: ``TAGS.csv`` has ``image,class`` rows (see :meth:`Session.import_tags_csv`). Every row must
 apply: unknown or ambiguous images and malformed rows stop the run before any work, listing the
@@ -46,6 +47,7 @@ from .images import ImageFolderError, list_images
 from .session import ACCEPTED, EDITED, PROPOSED, Session, SessionError
 
 PROJECT_DIRNAME = ".wfss-project"
+LOCK_NAME = ".wfss-label.lock"  #: held by the run writing OUT (released by the OS if the run is killed)
 INDEX_MIN_INTERVAL_S = 2.0  # rebuild the index files at most this often during a run ...
 INDEX_MAX_SHARE = 0.1  # ... and so that rebuilding takes at most about this share of the run
 
@@ -186,9 +188,11 @@ def label_folder(
     """Label every untagged image of ``folder`` from the tags in ``tags_csv`` into ``out`` (module doc).
 
     ``engine`` proposes; ``log`` receives the status lines and the progress bar (default stderr).
-    Raises a :class:`~hhn.errors.UserError` subclass for bad input, before labelling anything.
+    Raises a :class:`~hhn.errors.UserError` subclass for bad input, before labelling anything, and
+    :class:`BatchError` when another run is writing ``out`` (a lock file there; the operating system
+    releases it when a run ends, also when it is killed).
     """
-    from tqdm import tqdm
+    from filelock import FileLock, Timeout
 
     started = time.perf_counter()
     log = log or sys.stderr
@@ -196,10 +200,28 @@ def label_folder(
     out = Path(out).expanduser().resolve()
     tags_csv = Path(tags_csv).expanduser()
     _check_inputs(folder, tags_csv, out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BatchError(f"another `wfss label` run is writing {out} (it holds {out / LOCK_NAME}); wait for it "
+                         "to finish, or give another --out") from None
+    try:
+        return _label_locked(folder, tags_csv, out, engine, tiff, log, progress, started)
+    finally:
+        lock.release()
+
+
+def _label_locked(folder: Path, tags_csv: Path, out: Path, engine: Engine, tiff: bool, log: TextIO,
+                  progress: bool, started: float) -> LabelSummary:
+    """:func:`label_folder` while this process holds ``OUT``'s lock."""
+    from tqdm import tqdm
+
     session = _open_project(folder, out)
     for sub in ("", IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR):
-        if (out / sub).is_dir():
-            remove_stale_temps(out / sub)
+        if (out / sub).is_dir():  # only a killed run can have left temporary files: no writer is alive
+            remove_stale_temps(out / sub, older_than=0)
     _apply_tags(session, tags_csv)
     summary = LabelSummary(out, engine.model_name, engine.untrained)
     if engine.untrained:

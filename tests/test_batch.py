@@ -157,6 +157,25 @@ def test_kill_9_midway_then_rerun_loses_nothing(tmp_path, child_sees_tests):
     assert not list(out.rglob("*.wfss-tmp"))  # no leftover temporary file is part of the export
 
 
+def test_a_second_run_on_the_same_out_stops_before_writing(tmp_path):
+    from filelock import FileLock
+
+    from napari_wfss.atomic import TEMP_SUFFIX
+    from napari_wfss.batch import LOCK_NAME
+
+    folder, tags = make_folder(tmp_path, n_untagged=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".old{TEMP_SUFFIX}"
+    stale.write_bytes(b"half a file")
+    with FileLock(out / LOCK_NAME):  # stands for a run in another process
+        with pytest.raises(BatchError, match="another `wfss label` run is writing"):
+            label_folder(folder, tags, out, fake_engine(), progress=False)
+        assert stale.exists() and not (out / PROJECT_DIRNAME).exists()  # nothing touched
+    summary = label_folder(folder, tags, out, fake_engine(), progress=False)  # the lock was released
+    assert summary.labelled == ["u00.png", "u01.png"] and not stale.exists()
+
+
 def test_unreadable_images_are_skipped_and_reported(tmp_path):
     folder, tags = make_folder(tmp_path, n_untagged=3)
     (folder / "u01.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
