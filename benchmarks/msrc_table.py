@@ -8,8 +8,8 @@ Usage::
 
 Each finished cell is appended to ``--results`` (JSON lines: the exact command and its JSON output), so
 an interrupted run resumes where it stopped; ``--render`` prints the markdown table (mIoU / FB-IoU, and
-per-class IoU of the model rows) from that file without running anything. Rows ``hhn``, ``hhn-argmax``
-and ``prior-at-rule`` run the model with different ``--decision`` rules (see ``METHODS``). The folds are the packaged
+per-class IoU of the model rows) from that file without running anything. The model rows (``hhn``,
+``hhn-argmax``, ``prior-trim`` ...) run the model with different ``--decision`` rules (see ``METHODS``). The folds are the packaged
 ``hhn/data/msrc_folds.json``. A fold's model row runs only when ``--model FOLD=NAME`` names a model
 trained without that fold's classes.
 """
@@ -24,22 +24,33 @@ from pathlib import Path
 
 #: (row, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
 #: The model rows differ in the decision rule only (``wfss eval --decision``): ``hhn`` uses the wfss-lite0
-#: preset's rule (network softmax blended with the query prior), ``hhn-argmax`` the network alone,
-#: ``prior-at-rule`` the prior alone at the rule's threshold (prior weight 1: the control that tells what
-#: the network adds to a re-thresholded prior); ``hhn-v1`` / ``prior-at-0.8`` are the first rule
-#: (weight 0.5, threshold 0.8, chosen on fold 0 alone), kept because folds 1-2 rejected it.
+#: preset's rule (network softmax blended with the query prior, thresholded, trimmed to the query's own
+#: appearance), ``hhn-argmax`` the network alone, ``prior-trim`` the prior alone at 0.5 with the same trim
+#: and ``prior-at-rule`` without it (prior weight 1: the controls that tell what the network adds);
+#: ``hhn-v2`` is the rule before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5,
+#: threshold 0.8, chosen on fold 0 alone, rejected by folds 1-2), kept so the record of what was tried
+#: stays reproducible.
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
-           ("map", ("tags", "masks")), ("hhn", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")),
-           ("hhn-v1", ("tags", "masks")), ("all-fg", ("none",)))
+           ("prior-trim", ("tags",)), ("map", ("tags", "masks")), ("hhn", ("tags", "masks")),
+           ("hhn-v2", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("hhn-v1", ("tags", "masks")),
+           ("all-fg", ("none",)))
 LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-at-rule": "(a') tag prior alone, at the rule's threshold (0.6)",
           "prior-at-0.8": "(a'') tag prior alone, threshold 0.8",
+          "prior-trim": "(a+) tag prior alone, threshold 0.5, trimmed to the query's own appearance",
           "map": "(b) masked average pooling, Lite0",
-          "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6)",
-          "hhn-argmax": "(c') HHN network alone (argmax)",
-          "hhn-v1": "(c'') HHN + first rule (weight 0.5, threshold 0.8; rejected)",
+          "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0)",
+          "hhn-v2": "(c') HHN + the rule without its trim (weight 0.5, threshold 0.6)",
+          "hhn-argmax": "(c'') HHN network alone (argmax)",
+          "hhn-v1": "(c-v1) HHN + first rule (weight 0.5, threshold 0.8; rejected)",
           "all-fg": "(d) all pixels foreground"}
-MODEL_ROWS = ("hhn", "hhn-argmax", "prior-at-rule", "hhn-v1", "prior-at-0.8")
+MODEL_ROWS = ("hhn", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "hhn-v1", "prior-at-0.8")
+
+
+def rule_flag(weight: float, threshold: float, trim=None) -> str:
+    """A ``--decision`` value: ``W,T`` or ``W,T,trim:A/B/C``."""
+    text = f"{weight:g},{threshold:g}"
+    return text if trim is None else text + ",trim:" + "/".join(f"{w:g}" for w in trim)
 
 
 def decision_args(row: str) -> list[str]:
@@ -47,11 +58,13 @@ def decision_args(row: str) -> list[str]:
     from hhn.config import load_preset
 
     rule = load_preset("wfss-lite0").decision
-    return {"hhn": ["--decision", f"{rule.prior_weight},{rule.threshold}"],
-            "hhn-argmax": ["--decision", "argmax"],
-            "prior-at-rule": ["--decision", f"1,{rule.threshold}"],
-            "hhn-v1": ["--decision", "0.5,0.8"],
-            "prior-at-0.8": ["--decision", "1,0.8"]}[row]
+    return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
+                           "hhn-v2": rule_flag(rule.prior_weight, rule.threshold),
+                           "hhn-argmax": "argmax",
+                           "prior-at-rule": rule_flag(1, rule.threshold),
+                           "prior-trim": rule_flag(1, 0.5, rule.trim),
+                           "hhn-v1": "0.5,0.8",
+                           "prior-at-0.8": "1,0.8"}[row]]
 
 
 def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> list[str] | None:
@@ -147,7 +160,7 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.0f}"
 
 
-def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn", "hhn-argmax", "hhn-v1")) -> str:
+def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn", "hhn-v2", "hhn-argmax")) -> str:
     """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of the model rows."""
     lines = ["| row | fold | shots | support | class | IoU | precision | recall |",
              "|---|---|---|---|---|---|---|---|"]
