@@ -160,7 +160,7 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.0f}"
 
 
-def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn", "hhn-v2", "hhn-argmax")) -> str:
+def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn",)) -> str:
     """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of the model rows."""
     lines = ["| row | fold | shots | support | class | IoU | precision | recall |",
              "|---|---|---|---|---|---|---|---|"]
