@@ -31,7 +31,8 @@ from pathlib import Path
 #: threshold 0.8, chosen on fold 0 alone, rejected by folds 1-2), kept so the record of what was tried
 #: stays reproducible.
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
-           ("prior-trim", ("tags",)), ("map", ("tags", "masks")), ("hhn", ("tags", "masks")),
+           ("prior-trim", ("tags",)), ("map", ("tags", "masks")), ("map-trim", ("tags", "masks")),
+           ("hhn", ("tags", "masks")),
            ("hhn-v2", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("hhn-v1", ("tags", "masks")),
            ("all-fg", ("none",)))
 LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
@@ -39,6 +40,7 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-at-0.8": "(a'') tag prior alone, threshold 0.8",
           "prior-trim": "(a+) tag prior alone, threshold 0.5, trimmed to the query's own appearance",
           "map": "(b) masked average pooling, Lite0",
+          "map-trim": "(b+) masked average pooling, trimmed like the rule (1/0.5/0)",
           "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0)",
           "hhn-v2": "(c') HHN + the rule without its trim (weight 0.5, threshold 0.6)",
           "hhn-argmax": "(c'') HHN network alone (argmax)",
@@ -72,9 +74,13 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     (several decision rules scored on one network pass, one JSON line each); None when the fold has no
     model."""
     runs_model = rows[0] in MODEL_ROWS
+    method = "hhn" if runs_model else {"map-trim": "map"}.get(rows[0], rows[0])
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
-           "hhn" if runs_model else rows[0], "--shots", str(shots), "--episodes", str(args.episodes), "--seed",
-           "0", "--json"]
+           method, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
+    if rows[0] == "map-trim":  # the baseline with the shipped rule's trim
+        from hhn.config import load_preset
+
+        cmd += ["--trim", "/".join(f"{w:g}" for w in load_preset("wfss-lite0").decision.trim)]
     if runs_model:
         if fold not in args.models:
             return None

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(blend with the query prior, then threshold) or PRIOR_WEIGHT,THRESHOLD,trim:A/B/C "
                         "(then trim to the query's own appearance, tap weights A/B/C) (default: the model's rule); repeat it "
                         "to score several rules on one network pass (one JSON line each)")
+    p.add_argument("--trim", default=None, metavar="A/B/C",
+                   help="prior / map only: trim the mask to the query's own appearance with these tap weights "
+                        "(the control for a model rule's trim, e.g. 1/0.5/0)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--prior", default="coseg", choices=("coseg", "gradcam"),
                    help="tag prior: coseg = CLIP-free co-segmentation of the tagged images; gradcam = CLIP "

@@ -113,3 +113,21 @@ def test_table_output_and_user_errors(synth, capsys):
     assert "unknown class 'zebra'" in capsys.readouterr().err
     assert main(["eval", "--data", str(synth), "--fold", "0", "--method", "all-fg"]) == 2
     assert "folds.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["prior", "map"])
+def test_baseline_trim_only_removes_foreground_and_is_recorded(synth, capsys, feature_cache, method):
+    args = ("--method", method, "--support", "tags", "--prior-negatives", "2", "--threads", "1")
+    plain = _eval(capsys, synth, *args, cache=feature_cache)
+    trimmed = _eval(capsys, synth, *args, "--trim", "1/0.5/0", cache=feature_cache)
+    assert trimmed["trim"] == [1.0, 0.5, 0.0] and "trim" not in plain
+    for c in plain["per_class"]:
+        assert trimmed["recall"][c] <= plain["recall"][c] + 1e-9
+
+
+def test_trim_flag_errors(synth, capsys, tiny_model):
+    for extra, message in ((("--method", "hhn", "--model", tiny_model, "--trim", "1/0/0"), "--trim applies to"),
+                           (("--method", "prior", "--trim", "1/x/0"), "trim weights must be"),
+                           (("--method", "prior", "--trim", "0/0/0"), "tap weights")):
+        assert main(["eval", "--data", str(synth), "--test-classes", "square", *extra]) == 2
+        assert message in capsys.readouterr().err

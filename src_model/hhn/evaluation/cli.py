@@ -43,10 +43,11 @@ def _build_methods(args, features, rules: list[DecisionRule | None]) -> list:
 
     if args.method == "all-fg":
         return [methods.AllForeground()]
+    trim = parse_trim(args.trim) if args.trim else None
     if args.method == "prior":
-        return [methods.PriorOnly()]
+        return [methods.PriorOnly(features, trim)]
     if args.method == "map":
-        return [methods.MaskedAveragePooling(features)]
+        return [methods.MaskedAveragePooling(features, trim)]
     from hhn.factory import create_model
     from hhn.predictor import Predictor
 
@@ -73,11 +74,20 @@ def parse_decision(text: str | None) -> DecisionRule | None:
     try:
         if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].startswith("trim:")):
             raise ValueError
-        trim = tuple(float(v) for v in parts[2][len("trim:"):].split("/")) if len(parts) == 3 else None
+        trim = parse_trim(parts[2][len("trim:"):]) if len(parts) == 3 else None
         return DecisionRule(float(parts[0]), float(parts[1]), trim)
     except ValueError:
         raise UserError(f"--decision must be 'argmax', PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8) or "
                         f"PRIOR_WEIGHT,THRESHOLD,trim:A/B/C (e.g. 1,0.5,trim:1/0.5/0), got {text!r}") from None
+
+
+def parse_trim(text: str) -> tuple[float, ...]:
+    """``A/B/C`` -> tap weights (checked like a decision rule's trim)."""
+    try:
+        weights = tuple(float(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"trim weights must be A/B/C numbers (e.g. 1/0.5/0), got {text!r}") from None
+    return DecisionRule(trim=weights).trim
 
 
 def run_eval_cli(args) -> int:
@@ -95,6 +105,10 @@ def run_eval_cli(args) -> int:
         raise UserError("--episodes and --shots must be at least 1")
     if args.decision and args.method != "hhn":
         raise UserError("--decision applies to --method hhn only")
+    if args.trim and args.method not in ("prior", "map"):
+        raise UserError("--trim applies to --method prior and map (for hhn: --decision W,T,trim:A/B/C)")
+    if args.trim:
+        parse_trim(args.trim)
     rules = [parse_decision(text) for text in args.decision or [None]]
     set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
@@ -119,6 +133,8 @@ def run_eval_cli(args) -> int:
                       negatives=args.negatives)
         if isinstance(getattr(method, "decision", None), DecisionRule):
             result["decision"] = dataclasses.asdict(method.decision)
+        if getattr(method, "trim", None) is not None:
+            result["trim"] = list(method.trim)
         print(json.dumps(result) if args.json else format_table(result))
     return 0
 

@@ -3,6 +3,8 @@
 - ``all-fg``: every pixel foreground (the trivial floor; FB-IoU exposes it).
 - ``prior``: the tag prior of the query alone, thresholded (``ClassPrior.threshold``).
 - ``map``: masked-average-pooling prototypes on the frozen backbone descriptors.
+  Both may be trimmed to the query's own appearance (``wfss eval --trim``), the control for a model
+  rule's trim.
 - ``hhn``: the network through ``hhn.predictor.Predictor``.
 
 Support supervision: under ``masks`` the support masks are the ground truth (``uint8``, 255 = ignore);
@@ -15,10 +17,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from hhn.evaluation.baselines import area_weights, binary_to_float, map_scores, upsample
 from hhn.priors.base import ClassPrior
 from hhn.priors.features import DenseFeatures
+from hhn.refine import own_appearance_keep
 
 
 @dataclass
@@ -57,24 +61,45 @@ class AllForeground(Method):
         return np.ones(inputs.query_image.shape[:2], dtype=bool)
 
 
-class PriorOnly(Method):
+class _Trimmable(Method):
+    """A baseline whose mask may be trimmed to the query's own appearance (``hhn.refine``), as a model's
+    decision rule can be: ``trim`` = tap weights of the query's descriptors from ``features``, or None."""
+
+    def __init__(self, features: DenseFeatures | None = None, trim: tuple[float, ...] | None = None) -> None:
+        if trim is not None and features is None:
+            raise ValueError("a trim needs the features to describe the query with")
+        self.features, self.trim = features, trim
+
+    def predict(self, inputs: MethodInputs) -> np.ndarray:
+        mask = self.untrimmed(inputs)
+        if self.trim is None:
+            return mask
+        descriptors = self.features(inputs.query_image, self.trim)
+        return own_appearance_keep(torch.from_numpy(mask), descriptors).numpy()
+
+    @abstractmethod
+    def untrimmed(self, inputs: MethodInputs) -> np.ndarray:
+        """The baseline's own bool (H, W) mask."""
+
+
+class PriorOnly(_Trimmable):
     name = "prior"
     needs_query_prior = True
     needs_support_masks = False
 
-    def predict(self, inputs: MethodInputs) -> np.ndarray:
+    def untrimmed(self, inputs: MethodInputs) -> np.ndarray:
         return inputs.query_prior > ClassPrior.threshold
 
 
-class MaskedAveragePooling(Method):
+class MaskedAveragePooling(_Trimmable):
     """MAP prototypes; priors are thresholded at ``ClassPrior.threshold`` into hard support masks."""
 
     name = "map"
 
-    def __init__(self, features: DenseFeatures) -> None:
-        self.features = features
+    def __init__(self, features: DenseFeatures, trim: tuple[float, ...] | None = None) -> None:
+        super().__init__(features, trim)
 
-    def predict(self, inputs: MethodInputs) -> np.ndarray:
+    def untrimmed(self, inputs: MethodInputs) -> np.ndarray:
         q = self.features(inputs.query_image)
         grid = tuple(q.shape[-2:])
         feats, fgs, bgs = [], [], []
