@@ -49,10 +49,15 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
 MODEL_ROWS = ("hhn", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "hhn-v1", "prior-at-0.8")
 
 
+def trim_flag(trim) -> str:
+    """Trim tap weights as ``wfss eval`` takes them: ``A/B/C``."""
+    return "/".join(f"{w:g}" for w in trim)
+
+
 def rule_flag(weight: float, threshold: float, trim=None) -> str:
     """A ``--decision`` value: ``W,T`` or ``W,T,trim:A/B/C``."""
     text = f"{weight:g},{threshold:g}"
-    return text if trim is None else text + ",trim:" + "/".join(f"{w:g}" for w in trim)
+    return text if trim is None else f"{text},trim:{trim_flag(trim)}"
 
 
 def decision_args(row: str) -> list[str]:
@@ -80,7 +85,7 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     if rows[0] == "map-trim":  # the baseline with the shipped rule's trim
         from hhn.config import load_preset
 
-        cmd += ["--trim", "/".join(f"{w:g}" for w in load_preset("wfss-lite0").decision.trim)]
+        cmd += ["--trim", trim_flag(load_preset("wfss-lite0").decision.trim)]
     if runs_model:
         if fold not in args.models:
             return None

@@ -37,13 +37,13 @@ def _build_prior(args, features, class_names):
     return CosegPrior(features=features)
 
 
-def _build_methods(args, features, rules: list[DecisionRule | None]) -> list:
-    """The methods to score: one, or for ``hhn`` one per decision rule (sharing the network's passes)."""
+def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple[float, ...] | None) -> list:
+    """The methods to score: one (``prior`` / ``map`` trimmed when ``trim`` is given), or for ``hhn`` one
+    per decision rule (sharing the network's passes)."""
     from hhn.evaluation import methods
 
     if args.method == "all-fg":
         return [methods.AllForeground()]
-    trim = parse_trim(args.trim) if args.trim else None
     if args.method == "prior":
         return [methods.PriorOnly(features, trim)]
     if args.method == "map":
@@ -107,8 +107,7 @@ def run_eval_cli(args) -> int:
         raise UserError("--decision applies to --method hhn only")
     if args.trim and args.method not in ("prior", "map"):
         raise UserError("--trim applies to --method prior and map (for hhn: --decision W,T,trim:A/B/C)")
-    if args.trim:
-        parse_trim(args.trim)
+    trim = parse_trim(args.trim) if args.trim else None
     rules = [parse_decision(text) for text in args.decision or [None]]
     set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
@@ -122,7 +121,7 @@ def run_eval_cli(args) -> int:
                              negatives=args.negatives)
     torch.manual_seed(args.seed)
     features = DenseFeatures(device=args.device_obj, cache_dir=args.cache_dir)
-    scored = _build_methods(args, features, rules)
+    scored = _build_methods(args, features, rules, trim)
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior = _build_prior(args, features, dataset.classes) if uses_prior else None
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
