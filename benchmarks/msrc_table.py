@@ -25,28 +25,34 @@ from pathlib import Path
 #: (row, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
 #: The model rows differ in the decision rule only (``wfss eval --decision``): ``hhn`` uses the wfss-lite0
 #: preset's rule (network softmax blended with the query prior, thresholded, trimmed to the query's own
-#: appearance), ``hhn-argmax`` the network alone, ``prior-trim`` the prior alone at 0.5 with the same trim
-#: and ``prior-at-rule`` without it (prior weight 1: the controls that tell what the network adds);
-#: ``hhn-v2`` is the rule before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5,
-#: threshold 0.8, chosen on fold 0 alone, rejected by folds 1-2), kept so the record of what was tried
-#: stays reproducible.
+#: appearance, snapped to its edges), ``hhn-argmax`` the network alone, ``prior-trim-snap`` /
+#: ``prior-trim`` the prior alone at 0.5 with the rule's trim and snap / trim only, and ``prior-at-rule``
+#: without either (prior weight 1: the controls that tell what the network adds); ``map-trim-snap`` /
+#: ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before the snap, ``hhn-v2``
+#: before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5, threshold 0.8, chosen on
+#: fold 0 alone, rejected by folds 1-2), kept so the record of what was tried stays reproducible.
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
-           ("prior-trim", ("tags",)), ("map", ("tags", "masks")), ("map-trim", ("tags", "masks")),
-           ("hhn", ("tags", "masks")),
+           ("prior-trim", ("tags",)), ("prior-trim-snap", ("tags",)), ("map", ("tags", "masks")),
+           ("map-trim", ("tags", "masks")), ("map-trim-snap", ("tags", "masks")),
+           ("hhn", ("tags", "masks")), ("hhn-v3", ("tags", "masks")),
            ("hhn-v2", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("hhn-v1", ("tags", "masks")),
            ("all-fg", ("none",)))
 LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-at-rule": "(a') tag prior alone, at the rule's threshold (0.6)",
           "prior-at-0.8": "(a'') tag prior alone, threshold 0.8",
           "prior-trim": "(a+) tag prior alone, threshold 0.5, trimmed to the query's own appearance",
+          "prior-trim-snap": "(a++) tag prior alone, threshold 0.5, trimmed and snapped like the rule",
           "map": "(b) masked average pooling, Lite0",
           "map-trim": "(b+) masked average pooling, trimmed like the rule (1/0.5/0)",
-          "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0)",
-          "hhn-v2": "(c') HHN + the rule without its trim (weight 0.5, threshold 0.6)",
-          "hhn-argmax": "(c'') HHN network alone (argmax)",
+          "map-trim-snap": "(b++) masked average pooling, trimmed and snapped like the rule",
+          "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0, snap 0.06)",
+          "hhn-v3": "(c') HHN + the rule without its snap (weight 0.5, threshold 0.6, trim 1/0.5/0)",
+          "hhn-v2": "(c'') HHN + the rule without trim or snap (weight 0.5, threshold 0.6)",
+          "hhn-argmax": "(c''') HHN network alone (argmax)",
           "hhn-v1": "(c-v1) HHN + first rule (weight 0.5, threshold 0.8; rejected)",
           "all-fg": "(d) all pixels foreground"}
-MODEL_ROWS = ("hhn", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "hhn-v1", "prior-at-0.8")
+MODEL_ROWS = ("hhn", "hhn-v3", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "prior-trim-snap", "hhn-v1",
+              "prior-at-0.8")
 
 
 def trim_flag(trim) -> str:
@@ -54,10 +60,12 @@ def trim_flag(trim) -> str:
     return "/".join(f"{w:g}" for w in trim)
 
 
-def rule_flag(weight: float, threshold: float, trim=None) -> str:
-    """A ``--decision`` value: ``W,T`` or ``W,T,trim:A/B/C``."""
+def rule_flag(weight: float, threshold: float, trim=None, snap=None) -> str:
+    """A ``--decision`` value: ``W,T`` then ``,trim:A/B/C`` and ``,snap:BAND`` when given."""
     text = f"{weight:g},{threshold:g}"
-    return text if trim is None else f"{text},trim:{trim_flag(trim)}"
+    if trim is not None:
+        text += f",trim:{trim_flag(trim)}"
+    return text if snap is None else f"{text},snap:{snap:g}"
 
 
 def decision_args(row: str) -> list[str]:
@@ -65,11 +73,13 @@ def decision_args(row: str) -> list[str]:
     from hhn.config import load_preset
 
     rule = load_preset("wfss-lite0").decision
-    return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
+    return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap),
+                           "hhn-v3": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
                            "hhn-v2": rule_flag(rule.prior_weight, rule.threshold),
                            "hhn-argmax": "argmax",
                            "prior-at-rule": rule_flag(1, rule.threshold),
                            "prior-trim": rule_flag(1, 0.5, rule.trim),
+                           "prior-trim-snap": rule_flag(1, 0.5, rule.trim, rule.snap),
                            "hhn-v1": "0.5,0.8",
                            "prior-at-0.8": "1,0.8"}[row]]
 
@@ -79,13 +89,16 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     (several decision rules scored on one network pass, one JSON line each); None when the fold has no
     model."""
     runs_model = rows[0] in MODEL_ROWS
-    method = "hhn" if runs_model else {"map-trim": "map"}.get(rows[0], rows[0])
+    method = "hhn" if runs_model else {"map-trim": "map", "map-trim-snap": "map"}.get(rows[0], rows[0])
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
            method, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
-    if rows[0] == "map-trim":  # the baseline with the shipped rule's trim
+    if rows[0] in ("map-trim", "map-trim-snap"):  # the baseline with the shipped rule's trim (and snap)
         from hhn.config import load_preset
 
-        cmd += ["--trim", trim_flag(load_preset("wfss-lite0").decision.trim)]
+        rule = load_preset("wfss-lite0").decision
+        cmd += ["--trim", trim_flag(rule.trim)]
+        if rows[0] == "map-trim-snap":
+            cmd += ["--snap", f"{rule.snap:g}"]
     if runs_model:
         if fold not in args.models:
             return None

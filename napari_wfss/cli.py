@@ -111,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "prototype; all-fg = predict every pixel as foreground")
     p.add_argument("--decision", action="append", default=None,
                    help="hhn's foreground decision: 'argmax' (the network alone), PRIOR_WEIGHT,THRESHOLD "
-                        "(blend with the query prior, then threshold) or PRIOR_WEIGHT,THRESHOLD,trim:A/B/C "
-                        "(then trim to the query's own appearance, tap weights A/B/C) (default: the model's rule); repeat it "
+                        "(blend with the query prior, then threshold), optionally followed by ,trim:A/B/C "
+                        "(trim to the query's own appearance, tap weights A/B/C) and/or ,snap:BAND (snap to the "
+                        "image's edges with GrabCut, band as a fraction of the diagonal), e.g. "
+                        "0.5,0.6,trim:1/0.5/0,snap:0.06 (default: the model's rule); repeat it "
                         "to score several rules on one network pass (one JSON line each)")
     p.add_argument("--trim", default=None, metavar="A/B/C",
                    help="prior / map only: trim the mask to the query's own appearance with these tap weights "
                         "(the control for a model rule's trim, e.g. 1/0.5/0)")
+    p.add_argument("--snap", default=None, type=float, metavar="BAND",
+                   help="prior / map only: then snap the mask to the image's edges (GrabCut) with this band "
+                        "(the control for a model rule's snap, e.g. 0.06)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--prior", default="coseg", choices=("coseg", "gradcam"),
                    help="tag prior: coseg = CLIP-free co-segmentation of the tagged images; gradcam = CLIP "

@@ -19,8 +19,9 @@ One run (:meth:`Engine.propose`):
 3. **Queries, streamed in batches of** ``batch_size``. Each query is decoded and encoded once (the
    prior reuses the taps too); per class its prior map and ``Predictor.predict_batch`` give
    ``fg_prob`` ``(H, W)`` in ``[0, 1]`` (the network's softmax blended with the prior by the model's
-   decision rule, ``hhn.config.DecisionRule``, and 0 where the rule's trim to the query's own
-   appearance removed a pixel).
+   decision rule, ``hhn.config.DecisionRule``; 0 where the rule's trim to the query's own
+   appearance or its snap to the image's edges removed a pixel, at least the rule's threshold where
+   the snap added one).
    Per pixel the label is the class with the highest ``fg_prob`` (ties: class-table order), or
    background (0) where that highest value is below ``threshold`` (default: the rule's). With ``store=True`` the batch's
    label maps are stored with ``Session.set_proposal`` under one ``deferred_save`` (one write of

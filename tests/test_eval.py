@@ -79,26 +79,31 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     prior = _eval(capsys, synth, "--method", "prior", *args, cache=feature_cache)
     code = main(["eval", "--data", str(synth), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
                  "--device", "cpu", "--json", "--cache-dir", feature_cache, "--method", "hhn", "--model", tiny_model,
-                 "--decision", "1,0.5", "--decision", "argmax", "--decision", "1,0.5,trim:1/0.5/0", *args])
+                 "--decision", "1,0.5", "--decision", "argmax", "--decision", "1,0.5,trim:1/0.5/0",
+                 "--decision", "1,0.5,snap:0.06,trim:1/0.5/0", *args])
     assert code == 0
-    only_prior, network, trimmed = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": None}
-    assert trimmed["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0]}
+    only_prior, network, trimmed, snapped = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": None, "snap": None}
+    assert trimmed["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": None}
+    assert snapped["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": 0.06}
     for c in prior["per_class"]:  # the trim only removes foreground: never more recall than the prior
         assert trimmed["recall"][c] <= only_prior["recall"][c] + 1e-9
+    assert snapped["per_class"] != trimmed["per_class"]  # the snap changed masks
     assert only_prior["per_class"] == prior["per_class"] and only_prior["fbiou"] == prior["fbiou"]
     alone = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
                   cache=feature_cache)
-    assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None}
+    assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None,
+                                                        "snap": None}
     assert network["per_class"] == alone["per_class"]  # the shared pass scores like a run of its own
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                  "--decision", "0.5"]) == 2
     assert "--decision must be" in capsys.readouterr().err
-    for bad in ("1,0.5,1/0/0", "1,0.5,trim:1/0"):
+    for bad in ("1,0.5,1/0/0", "1,0.5,trim:1/0", "1,0.5,snap:x", "1,0.5,snap:0.7", "1,0.5,blur:2",
+                "1,0.5,snap:0.1,snap:0.2"):
         assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                      "--decision", bad]) == 2
         err = capsys.readouterr().err
-        assert "--decision must be" in err or "three non-negative tap weights" in err
+        assert "--decision must be" in err or "three non-negative tap weights" in err or "snap needs a band" in err
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--method", "map",
                  "--decision", "argmax"]) == 2
     assert "--method hhn only" in capsys.readouterr().err
@@ -125,8 +130,19 @@ def test_baseline_trim_only_removes_foreground_and_is_recorded(synth, capsys, fe
         assert trimmed["recall"][c] <= plain["recall"][c] + 1e-9
 
 
+@pytest.mark.parametrize("method", ["prior", "map"])
+def test_baseline_snap_is_applied_after_the_trim_and_recorded(synth, capsys, feature_cache, method):
+    args = ("--method", method, "--support", "tags", "--prior-negatives", "2", "--threads", "1")
+    trimmed = _eval(capsys, synth, *args, "--trim", "1/0.5/0", cache=feature_cache)
+    snapped = _eval(capsys, synth, *args, "--trim", "1/0.5/0", "--snap", "0.06", cache=feature_cache)
+    assert snapped["snap"] == 0.06 and snapped["trim"] == [1.0, 0.5, 0.0] and "snap" not in trimmed
+    assert snapped["per_class"] != trimmed["per_class"]
+
+
 def test_trim_flag_errors(synth, capsys, tiny_model):
     for extra, message in ((("--method", "hhn", "--model", tiny_model, "--trim", "1/0/0"), "--trim applies to"),
+                           (("--method", "hhn", "--model", tiny_model, "--snap", "0.1"), "--snap applies to"),
+                           (("--method", "prior", "--snap", "0.6"), "snap needs a band"),
                            (("--method", "prior", "--trim", "1/x/0"), "trim weights must be"),
                            (("--method", "prior", "--trim", "0/0/0"), "tap weights")):
         assert main(["eval", "--data", str(synth), "--test-classes", "square", *extra]) == 2

@@ -92,11 +92,15 @@ def test_decision_rule_blends_the_prior_and_thresholds_each_shot(lite):
 def test_decision_rule_is_validated_and_round_trips():
     from hhn.config import HHNConfig
 
-    for rule in (DecisionRule(0.5, 0.8), DecisionRule(0.5, 0.8, [1, 0.5, 0])):
+    for rule in (DecisionRule(0.5, 0.8), DecisionRule(0.5, 0.8, [1, 0.5, 0]), DecisionRule(0.5, 0.6, None, 0.06)):
         config = dataclasses.replace(load_preset("wfss-lite0"), decision=rule)
         assert HHNConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert DecisionRule(0.5, 0.8, [1, 0.5, 0]).trim == (1.0, 0.5, 0.0)
     assert not DecisionRule(0, 0.5, (1, 0, 0)).is_argmax
+    assert not DecisionRule(0, 0.5, snap=0.06).is_argmax
+    for bad in (0, 0.5, -0.1):
+        with pytest.raises(UserError, match="snap needs a band"):
+            DecisionRule(0.5, 0.5, snap=bad)
     for bad in ((1, 0), (0, 0, 0), (1, -1, 0)):
         with pytest.raises(UserError, match="tap weights"):
             DecisionRule(0.5, 0.5, bad)

@@ -1,10 +1,12 @@
-"""The own-appearance trim (hhn.refine) on a hand-built case, and through the predictor's decision."""
+"""The refinements of hhn.refine (trim to the own appearance, snap to the edges) on hand-built cases, and
+through the predictor's decision."""
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from hhn.refine import own_appearance_keep
+from hhn.refine import own_appearance_keep, snap_to_edges
 
 
 def _two_region_descriptors(grid: int = 4) -> torch.Tensor:
@@ -56,3 +58,64 @@ def test_predictor_rule_with_trim_equals_the_hand_applied_trim():
     np.testing.assert_array_equal(trimmed.mask, keep)
     np.testing.assert_array_equal(trimmed.fg_prob, np.where(plain.mask & ~keep, 0.0, plain.fg_prob))
     assert trimmed.mask.sum() < plain.mask.sum()  # this prior's spill is trimmed
+
+
+def _disk_scene(height: int = 120, width: int = 160, radius: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """A brown disk on noisy green (a cow on grass): uint8 (H, W, 3) image and its bool (H, W) disk."""
+    yy, xx = np.mgrid[:height, :width]
+    disk = (yy - height / 2) ** 2 + (xx - width / 2) ** 2 < radius ** 2
+    image = np.empty((height, width, 3), np.float32)
+    image[:] = (40, 140, 40)
+    image[disk] = (150, 90, 40)
+    image += np.random.default_rng(0).normal(0, 12, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), disk
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("change", ["spill", "short"])
+def test_snap_pulls_a_blob_to_the_object_and_fills_a_short_mask(change):
+    image, disk = _disk_scene()
+    cross = ndimage.generate_binary_structure(2, 1)
+    # band 0.06 of the 200-pixel diagonal = 12 pixels: the changes below stay inside it
+    mask = (ndimage.binary_dilation(disk, cross, iterations=10) if change == "spill"
+            else ndimage.binary_erosion(disk, cross, iterations=6))
+    snapped = snap_to_edges(image, mask, 0.06)
+    assert snapped.shape == disk.shape and snapped.dtype == bool
+    assert _iou(mask, disk) < 0.8 and _iou(snapped, disk) > 0.95
+    assert (snapped.sum() < mask.sum()) if change == "spill" else (snapped.sum() > mask.sum())
+    np.testing.assert_array_equal(snap_to_edges(image, mask, 0.06), snapped)  # deterministic
+
+
+def test_snap_on_a_large_image_works_at_the_capped_side_and_returns_full_size():
+    image, disk = _disk_scene(360, 480, 90)
+    mask = ndimage.binary_dilation(disk, ndimage.generate_binary_structure(2, 1), iterations=25)
+    snapped = snap_to_edges(image, mask, 0.06, max_side=120)
+    assert snapped.shape == disk.shape and _iou(snapped, disk) > 0.9 > _iou(mask, disk)
+
+
+@pytest.mark.parametrize("cover", ["none", "all"])
+def test_snap_without_an_outside_or_inside_returns_the_mask(cover):
+    image, _ = _disk_scene()
+    mask = np.full(image.shape[:2], cover == "all")
+    np.testing.assert_array_equal(snap_to_edges(image, mask, 0.06), mask)
+
+
+def test_predictor_rule_with_snap_equals_the_hand_applied_snap():
+    from hhn.config import DecisionRule, load_preset
+    from hhn.network import HHN
+    from hhn.predictor import Predictor
+
+    torch.manual_seed(0)
+    predictor = Predictor(HHN(load_preset("wfss-lite0")), device="cpu")
+    query, disk = _disk_scene()
+    prior = ndimage.binary_dilation(disk, iterations=10).astype(np.float32) * 0.9
+    support = predictor.encode_support([query[::2, ::2].copy()], [disk[::2, ::2].astype(np.float32)])
+    scored, = predictor.logits_batch([query], support, [prior])
+    plain = predictor.decide(scored, DecisionRule(1.0, 0.5))
+    snapped = predictor.decide(scored, DecisionRule(1.0, 0.5, snap=0.06))
+    np.testing.assert_array_equal(snapped.mask, snap_to_edges(query, plain.mask, 0.06))
+    np.testing.assert_array_equal(snapped.fg_prob, np.where(snapped.mask, np.maximum(plain.fg_prob, 0.5), 0.0))
+    assert _iou(snapped.mask, disk) > 0.95 > _iou(plain.mask, disk) + 0.1

@@ -46,7 +46,10 @@ class DecisionRule:
     a pixel is foreground where ``fg > threshold`` (K shots: the vote of :func:`hhn.kshot.vote_kshot`).
     With ``trim`` (tap weights of the query's own descriptors, e.g. ``(1, 0.5, 0)``), the voted mask is
     then trimmed to the query's own appearance (:func:`hhn.refine.own_appearance_keep`) and the
-    foreground score set to 0 where a pixel is trimmed away. The default (0, 0.5, no trim) is the
+    foreground score set to 0 where a pixel is trimmed away. With ``snap`` (a band, as a fraction of
+    the image diagonal, e.g. 0.06), the mask is then snapped to the image's colour edges
+    (:func:`hhn.refine.snap_to_edges`, GrabCut): the score is set to 0 where a pixel leaves the mask
+    and raised to ``threshold`` where one joins it. The default (0, 0.5, no trim, no snap) is the
     network's own argmax, as in the released code. A trained model may carry another rule, chosen on
     development episodes and stored with its config (``wfss-lite0``: see MODEL_CARD.md).
     """
@@ -54,6 +57,7 @@ class DecisionRule:
     prior_weight: float = 0.0
     threshold: float = 0.5
     trim: tuple[float, ...] | None = None
+    snap: float | None = None
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.prior_weight <= 1.0 and 0.0 < self.threshold < 1.0):
@@ -65,11 +69,15 @@ class DecisionRule:
                 raise UserError(f"decision rule trim needs three non-negative tap weights (strides 8, 16, "
                                 f"32), not all 0, got {self.trim}")
             object.__setattr__(self, "trim", weights)
+        if self.snap is not None:
+            if not 0.0 < float(self.snap) < 0.5:
+                raise UserError(f"decision rule snap needs a band in (0, 0.5) of the image diagonal, got {self.snap}")
+            object.__setattr__(self, "snap", float(self.snap))
 
     @property
     def is_argmax(self) -> bool:
-        """True for the network's own decision (no prior blended in, threshold 0.5, no trim)."""
-        return self.prior_weight == 0.0 and self.threshold == 0.5 and self.trim is None
+        """True for the network's own decision (no prior blended in, threshold 0.5, no trim, no snap)."""
+        return self.prior_weight == 0.0 and self.threshold == 0.5 and self.trim is None and self.snap is None
 
 
 @dataclass(frozen=True)

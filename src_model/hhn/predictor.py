@@ -36,7 +36,7 @@ from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
 from hhn.preprocess import resize_mask, to_network_input
 from hhn.priors.features import descriptors_from_taps
-from hhn.refine import own_appearance_keep
+from hhn.refine import own_appearance_keep, snap_to_edges
 
 
 class InvalidInputError(UserError, ValueError):
@@ -49,11 +49,13 @@ class EncodedImage:
 
     features: one (1, C_l, h_l, w_l) float32 tensor per tap, on the predictor's device.
     original_size: (H, W) of the image as given. model_name: the config that produced the taps.
+    pixels: the image itself, uint8 (H, W, 3) (a decision rule's snap to its edges reads it).
     """
 
     features: tuple[torch.Tensor, ...]
     original_size: tuple[int, int]
     model_name: str
+    pixels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class Prediction:
 class QueryLogits(NamedTuple):
     """The network's output for one query, ready for :meth:`Predictor.decide`: ``logits`` (K, 2, h2, w2)
     head logits (one row per shot), ``prior`` float32 (H, W) the checked query prior, ``query`` the
-    query's :class:`EncodedImage` (its taps serve a rule's trim)."""
+    query's :class:`EncodedImage` (its taps serve a rule's trim, its pixels a rule's snap)."""
 
     logits: torch.Tensor
     prior: np.ndarray
@@ -142,7 +144,7 @@ class Predictor:
         _check_image(image, "image")
         with torch.no_grad():
             feats = self.model.extract_features(to_network_input(image, self.config.image_size).to(self.device))
-        return EncodedImage(tuple(feats), (int(image.shape[0]), int(image.shape[1])), self.config.name)
+        return EncodedImage(tuple(feats), (int(image.shape[0]), int(image.shape[1])), self.config.name, image)
 
     def _encoded(self, item: np.ndarray | EncodedImage) -> EncodedImage:
         if isinstance(item, EncodedImage):
@@ -219,7 +221,7 @@ class Predictor:
 
     def decide(self, scored: QueryLogits, rule: DecisionRule | None = None) -> Prediction:
         """One query's :class:`QueryLogits` -> Prediction at (H, W) (one shot at a time, then the vote,
-        then the trim) under ``rule`` (default: the predictor's decision rule)."""
+        then the trim, then the snap) under ``rule`` (default: the predictor's decision rule)."""
         rule = self.decision if rule is None else rule
         shot_logits, prior = scored.logits, scored.prior
         size = tuple(prior.shape)
@@ -242,4 +244,8 @@ class Predictor:
             keep = own_appearance_keep(mask, descriptors_from_taps(taps, rule.trim))
             fg_prob = torch.where(keep | ~mask, fg_prob, torch.zeros_like(fg_prob))
             mask = keep
+        if rule.snap is not None:
+            snapped = torch.from_numpy(snap_to_edges(scored.query.pixels, mask.cpu().numpy(), rule.snap))
+            mask = snapped.to(fg_prob.device)
+            fg_prob = torch.where(mask, fg_prob.clamp(min=rule.threshold), torch.zeros_like(fg_prob))
         return Prediction(fg_prob=fg_prob.float().cpu().numpy(), mask=mask.cpu().numpy())

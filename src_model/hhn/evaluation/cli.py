@@ -37,17 +37,18 @@ def _build_prior(args, features, class_names):
     return CosegPrior(features=features)
 
 
-def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple[float, ...] | None) -> list:
-    """The methods to score: one (``prior`` / ``map`` trimmed when ``trim`` is given), or for ``hhn`` one
-    per decision rule (sharing the network's passes)."""
+def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple[float, ...] | None,
+                   snap: float | None) -> list:
+    """The methods to score: one (``prior`` / ``map`` refined by ``trim`` and ``snap`` when given), or for
+    ``hhn`` one per decision rule (sharing the network's passes)."""
     from hhn.evaluation import methods
 
     if args.method == "all-fg":
         return [methods.AllForeground()]
     if args.method == "prior":
-        return [methods.PriorOnly(features, trim)]
+        return [methods.PriorOnly(features, trim, snap)]
     if args.method == "map":
-        return [methods.MaskedAveragePooling(features, trim)]
+        return [methods.MaskedAveragePooling(features, trim, snap)]
     from hhn.factory import create_model
     from hhn.predictor import Predictor
 
@@ -63,22 +64,26 @@ def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple
 
 
 def parse_decision(text: str | None) -> DecisionRule | None:
-    """One ``--decision``: None (the model's rule), ``argmax`` (the network alone), ``W,T`` (prior
-    weight, threshold) or ``W,T,trim:A/B/C`` (the same, then trimmed to the query's own appearance with
-    tap weights A, B, C; see ``hhn.refine``)."""
+    """One ``--decision``: None (the model's rule), ``argmax`` (the network alone), or ``W,T`` (prior
+    weight, threshold) optionally followed by ``,trim:A/B/C`` (trimmed to the query's own appearance with
+    tap weights A, B, C) and/or ``,snap:BAND`` (snapped to the image's edges); the trim always runs
+    first (``hhn.refine``)."""
     if text is None:
         return None
     if text == "argmax":
         return DecisionRule()
     parts = text.split(",")
     try:
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].startswith("trim:")):
+        steps = dict(part.split(":", 1) for part in parts[2:])
+        if len(parts) < 2 or set(steps) - {"trim", "snap"} or len(steps) != len(parts) - 2:
             raise ValueError
-        trim = parse_trim(parts[2][len("trim:"):]) if len(parts) == 3 else None
-        return DecisionRule(float(parts[0]), float(parts[1]), trim)
+        trim = parse_trim(steps["trim"]) if "trim" in steps else None
+        snap = float(steps["snap"]) if "snap" in steps else None
+        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap)
     except ValueError:
-        raise UserError(f"--decision must be 'argmax', PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8) or "
-                        f"PRIOR_WEIGHT,THRESHOLD,trim:A/B/C (e.g. 1,0.5,trim:1/0.5/0), got {text!r}") from None
+        raise UserError(f"--decision must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), optionally "
+                        f"followed by ,trim:A/B/C and ,snap:BAND (e.g. 0.5,0.6,trim:1/0.5/0,snap:0.06), "
+                        f"got {text!r}") from None
 
 
 def parse_trim(text: str) -> tuple[float, ...]:
@@ -105,9 +110,12 @@ def run_eval_cli(args) -> int:
         raise UserError("--episodes and --shots must be at least 1")
     if args.decision and args.method != "hhn":
         raise UserError("--decision applies to --method hhn only")
-    if args.trim and args.method not in ("prior", "map"):
-        raise UserError("--trim applies to --method prior and map (for hhn: --decision W,T,trim:A/B/C)")
+    for flag, value in (("--trim", args.trim), ("--snap", args.snap)):
+        if value is not None and args.method not in ("prior", "map"):
+            raise UserError(f"{flag} applies to --method prior and map (for hhn: --decision "
+                            f"W,T,trim:A/B/C,snap:BAND)")
     trim = parse_trim(args.trim) if args.trim else None
+    snap = DecisionRule(snap=args.snap).snap if args.snap is not None else None
     rules = [parse_decision(text) for text in args.decision or [None]]
     set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
@@ -121,7 +129,7 @@ def run_eval_cli(args) -> int:
                              negatives=args.negatives)
     torch.manual_seed(args.seed)
     features = DenseFeatures(device=args.device_obj, cache_dir=args.cache_dir)
-    scored = _build_methods(args, features, rules, trim)
+    scored = _build_methods(args, features, rules, trim, snap)
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior = _build_prior(args, features, dataset.classes) if uses_prior else None
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
@@ -134,6 +142,8 @@ def run_eval_cli(args) -> int:
             result["decision"] = dataclasses.asdict(method.decision)
         if getattr(method, "trim", None) is not None:
             result["trim"] = list(method.trim)
+        if getattr(method, "snap", None) is not None:
+            result["snap"] = method.snap
         print(json.dumps(result) if args.json else format_table(result))
     return 0
 

@@ -3,8 +3,8 @@
 - ``all-fg``: every pixel foreground (the trivial floor; FB-IoU exposes it).
 - ``prior``: the tag prior of the query alone, thresholded (``ClassPrior.threshold``).
 - ``map``: masked-average-pooling prototypes on the frozen backbone descriptors.
-  Both may be trimmed to the query's own appearance (``wfss eval --trim``), the control for a model
-  rule's trim.
+  Both may be trimmed to the query's own appearance (``wfss eval --trim``) and snapped to its edges
+  (``--snap``), the controls for a model rule's trim and snap (``hhn.refine``).
 - ``hhn``: the network through ``hhn.predictor.Predictor``.
 
 Support supervision: under ``masks`` the support masks are the ground truth (``uint8``, 255 = ignore);
@@ -22,7 +22,7 @@ import torch
 from hhn.evaluation.baselines import area_weights, binary_to_float, map_scores, upsample
 from hhn.priors.base import ClassPrior
 from hhn.priors.features import DenseFeatures
-from hhn.refine import own_appearance_keep
+from hhn.refine import own_appearance_keep, snap_to_edges
 
 
 @dataclass
@@ -61,45 +61,50 @@ class AllForeground(Method):
         return np.ones(inputs.query_image.shape[:2], dtype=bool)
 
 
-class _Trimmable(Method):
-    """A baseline whose mask may be trimmed to the query's own appearance (``hhn.refine``), as a model's
-    decision rule can be: ``trim`` = tap weights of the query's descriptors from ``features``, or None."""
+class _Refinable(Method):
+    """A baseline whose mask may be refined with the query image as a model's decision rule can be
+    (``hhn.refine``): ``trim`` = tap weights of the query's descriptors from ``features`` for the trim to
+    its own appearance, or None; ``snap`` = band of the snap to its edges, or None. Trim first."""
 
-    def __init__(self, features: DenseFeatures | None = None, trim: tuple[float, ...] | None = None) -> None:
+    def __init__(self, features: DenseFeatures | None = None, trim: tuple[float, ...] | None = None,
+                 snap: float | None = None) -> None:
         if trim is not None and features is None:
             raise ValueError("a trim needs the features to describe the query with")
-        self.features, self.trim = features, trim
+        self.features, self.trim, self.snap = features, trim, snap
 
     def predict(self, inputs: MethodInputs) -> np.ndarray:
-        mask = self.untrimmed(inputs)
-        if self.trim is None:
-            return mask
-        descriptors = self.features(inputs.query_image, self.trim)
-        return own_appearance_keep(torch.from_numpy(mask), descriptors).numpy()
+        mask = self.unrefined(inputs)
+        if self.trim is not None:
+            descriptors = self.features(inputs.query_image, self.trim)
+            mask = own_appearance_keep(torch.from_numpy(mask), descriptors).numpy()
+        if self.snap is not None:
+            mask = snap_to_edges(inputs.query_image, mask, self.snap)
+        return mask
 
     @abstractmethod
-    def untrimmed(self, inputs: MethodInputs) -> np.ndarray:
+    def unrefined(self, inputs: MethodInputs) -> np.ndarray:
         """The baseline's own bool (H, W) mask."""
 
 
-class PriorOnly(_Trimmable):
+class PriorOnly(_Refinable):
     name = "prior"
     needs_query_prior = True
     needs_support_masks = False
 
-    def untrimmed(self, inputs: MethodInputs) -> np.ndarray:
+    def unrefined(self, inputs: MethodInputs) -> np.ndarray:
         return inputs.query_prior > ClassPrior.threshold
 
 
-class MaskedAveragePooling(_Trimmable):
+class MaskedAveragePooling(_Refinable):
     """MAP prototypes; priors are thresholded at ``ClassPrior.threshold`` into hard support masks."""
 
     name = "map"
 
-    def __init__(self, features: DenseFeatures, trim: tuple[float, ...] | None = None) -> None:
-        super().__init__(features, trim)
+    def __init__(self, features: DenseFeatures, trim: tuple[float, ...] | None = None,
+                 snap: float | None = None) -> None:
+        super().__init__(features, trim, snap)
 
-    def untrimmed(self, inputs: MethodInputs) -> np.ndarray:
+    def unrefined(self, inputs: MethodInputs) -> np.ndarray:
         q = self.features(inputs.query_image)
         grid = tuple(q.shape[-2:])
         feats, fgs, bgs = [], [], []
