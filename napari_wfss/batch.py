@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from hhn.config import parse_decision_rule
 from hhn.errors import UserError
 
 from .atomic import remove_stale_temps
@@ -260,8 +261,9 @@ def _label_locked(folder: Path, tags_csv: Path, out: Path, engine: Engine, tiff:
 
 def run_label_cli(args) -> int:
     """``wfss label``: build the engine from the flags, label, print the summary; returns the exit status."""
+    decision = parse_decision_rule(args.decision) if args.decision else None
     engine = Engine(model=args.model, device=args.device, shots=args.shots, batch_size=args.batch_size,
-                    threshold=args.threshold)
+                    threshold=args.threshold, decision=decision)
     summary = label_folder(args.folder, args.tags, args.out, engine, tiff=args.tiff)
     print(summary.text())
     return summary.exit_code

@@ -288,7 +288,9 @@ class Engine:
         shots: at most this many support images per class.
         batch_size: query images per batch (memory and ``project.json`` writes per batch).
         threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``; default
-            (None): the threshold of the model's decision rule (``hhn.config.DecisionRule``).
+            (None): the threshold of the decision rule in use.
+        decision: the ``hhn.config.DecisionRule`` that turns the network's output into each class's
+            ``fg_prob`` (e.g. without the snap); default (None): the model's own rule.
         prior: the ``hhn.priors`` ``TagPrior`` fitted per class; default :meth:`default_prior`.
         model_name: the name stored with each proposal; default derived from ``model``.
 
@@ -304,6 +306,7 @@ class Engine:
         threshold: float | None = None,
         prior: TagPrior | None = None,
         model_name: str | None = None,
+        decision: Any = None,
     ) -> None:
         if shots < 1 or batch_size < 1:
             raise EngineError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
@@ -314,6 +317,7 @@ class Engine:
         self.shots = int(shots)
         self.batch_size = int(batch_size)
         self._threshold = None if threshold is None else float(threshold)
+        self._decision = decision
         self._prior = prior
         self._model_name = model_name
         self._predictor: Predictor | None = None
@@ -352,6 +356,8 @@ class Engine:
 
             model = self.model_spec
             if hasattr(model, "encode_support"):  # a ready predictor
+                if self._decision is not None:
+                    raise EngineError("give the decision rule to the Predictor itself, not to the Engine")
                 self._predictor = model
                 return model
             if isinstance(model, str | os.PathLike):
@@ -359,7 +365,7 @@ class Engine:
 
                 name = os.fspath(model)
                 model = create_model(name.removeprefix(PRESET_PREFIX), device=self.device)
-            self._predictor = Predictor(model, device=self.device)
+            self._predictor = Predictor(model, device=self.device, decision=self._decision)
         return self._predictor
 
     def default_prior(self, vocabulary: Sequence[str]) -> TagPrior:

@@ -338,3 +338,11 @@ def test_progress_bar_can_be_silenced_and_goes_to_the_log(tmp_path):
         label_folder(folder, tags, tmp_path / "out", fake_engine(), log=fh)
     text = log.read_text()
     assert "2 to label" in text and "labelling" in text and "2/2" in text
+
+
+def test_cli_decision_override_is_checked_before_labelling(tmp_path, capsys):
+    folder, tags = make_folder(tmp_path, n_untagged=1)
+    out = tmp_path / "out"
+    assert main(["label", str(folder), "--tags", str(tags), "--out", str(out), "--decision", "0.5,0.6,snap:x"]) == 2
+    assert "decision rule must be" in capsys.readouterr().err
+    assert not out.exists()

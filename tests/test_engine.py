@@ -381,3 +381,12 @@ def test_bad_settings_are_user_errors():
         Engine("default", shots=0)
     with pytest.raises(EngineError, match="threshold"):
         Engine("default", threshold=1.5)
+
+
+def test_engine_decision_overrides_the_models_rule():
+    rule = DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0))  # the default model's rule without its snap
+    engine = Engine("preset:wfss-lite0", device="cpu", decision=rule)
+    assert engine.load().decision == rule and engine.threshold == 0.6
+    assert Engine("preset:wfss-lite0", device="cpu").load().decision.snap == 0.06  # the preset's own rule
+    with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
+        Engine(FakePredictor(), decision=rule).load()

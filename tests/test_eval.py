@@ -97,13 +97,13 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     assert network["per_class"] == alone["per_class"]  # the shared pass scores like a run of its own
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                  "--decision", "0.5"]) == 2
-    assert "--decision must be" in capsys.readouterr().err
+    assert "decision rule must be" in capsys.readouterr().err
     for bad in ("1,0.5,1/0/0", "1,0.5,trim:1/0", "1,0.5,snap:x", "1,0.5,snap:0.7", "1,0.5,blur:2",
                 "1,0.5,snap:0.1,snap:0.2"):
         assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                      "--decision", bad]) == 2
         err = capsys.readouterr().err
-        assert "--decision must be" in err or "three non-negative tap weights" in err or "snap needs a band" in err
+        assert "decision rule must be" in err or "three non-negative tap weights" in err or "snap needs a band" in err
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--method", "map",
                  "--decision", "argmax"]) == 2
     assert "--method hhn only" in capsys.readouterr().err

@@ -80,6 +80,36 @@ class DecisionRule:
         return self.prior_weight == 0.0 and self.threshold == 0.5 and self.trim is None and self.snap is None
 
 
+def parse_trim_weights(text: str) -> tuple[float, ...]:
+    """``A/B/C`` -> trim tap weights (checked like a decision rule's ``trim``)."""
+    try:
+        weights = tuple(float(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"trim weights must be A/B/C numbers (e.g. 1/0.5/0), got {text!r}") from None
+    return DecisionRule(trim=weights).trim
+
+
+def parse_decision_rule(text: str) -> DecisionRule:
+    """A rule written on a command line: ``argmax`` (the network alone), or ``W,T`` (prior weight,
+    threshold) optionally followed by ``,trim:A/B/C`` (trim to the query's own appearance with tap
+    weights A, B, C) and/or ``,snap:BAND`` (snap to the image's edges); the trim always runs first
+    (``hhn.refine``). Raises ``UserError`` with the expected form."""
+    if text == "argmax":
+        return DecisionRule()
+    parts = text.split(",")
+    try:
+        steps = dict(part.split(":", 1) for part in parts[2:])
+        if len(parts) < 2 or set(steps) - {"trim", "snap"} or len(steps) != len(parts) - 2:
+            raise ValueError
+        trim = parse_trim_weights(steps["trim"]) if "trim" in steps else None
+        snap = float(steps["snap"]) if "snap" in steps else None
+        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap)
+    except ValueError:
+        raise UserError(f"a decision rule must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), optionally "
+                        f"followed by ,trim:A/B/C and ,snap:BAND (e.g. 0.5,0.6,trim:1/0.5/0,snap:0.06), "
+                        f"got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Every spatial size of the network, derived from the input size and the backbone.

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sys
 
-from hhn.config import DecisionRule
+from hhn.config import DecisionRule, parse_decision_rule, parse_trim_weights
 from hhn.errors import UserError
 
 
@@ -64,35 +64,8 @@ def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple
 
 
 def parse_decision(text: str | None) -> DecisionRule | None:
-    """One ``--decision``: None (the model's rule), ``argmax`` (the network alone), or ``W,T`` (prior
-    weight, threshold) optionally followed by ``,trim:A/B/C`` (trimmed to the query's own appearance with
-    tap weights A, B, C) and/or ``,snap:BAND`` (snapped to the image's edges); the trim always runs
-    first (``hhn.refine``)."""
-    if text is None:
-        return None
-    if text == "argmax":
-        return DecisionRule()
-    parts = text.split(",")
-    try:
-        steps = dict(part.split(":", 1) for part in parts[2:])
-        if len(parts) < 2 or set(steps) - {"trim", "snap"} or len(steps) != len(parts) - 2:
-            raise ValueError
-        trim = parse_trim(steps["trim"]) if "trim" in steps else None
-        snap = float(steps["snap"]) if "snap" in steps else None
-        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap)
-    except ValueError:
-        raise UserError(f"--decision must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), optionally "
-                        f"followed by ,trim:A/B/C and ,snap:BAND (e.g. 0.5,0.6,trim:1/0.5/0,snap:0.06), "
-                        f"got {text!r}") from None
-
-
-def parse_trim(text: str) -> tuple[float, ...]:
-    """``A/B/C`` -> tap weights (checked like a decision rule's trim)."""
-    try:
-        weights = tuple(float(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"trim weights must be A/B/C numbers (e.g. 1/0.5/0), got {text!r}") from None
-    return DecisionRule(trim=weights).trim
+    """One ``--decision``: None (the model's rule) or a rule (``hhn.config.parse_decision_rule``)."""
+    return None if text is None else parse_decision_rule(text)
 
 
 def run_eval_cli(args) -> int:
@@ -114,7 +87,7 @@ def run_eval_cli(args) -> int:
         if value is not None and args.method not in ("prior", "map"):
             raise UserError(f"{flag} applies to --method prior and map (for hhn: --decision "
                             f"W,T,trim:A/B/C,snap:BAND)")
-    trim = parse_trim(args.trim) if args.trim else None
+    trim = parse_trim_weights(args.trim) if args.trim else None
     snap = DecisionRule(snap=args.snap).snap if args.snap is not None else None
     rules = [parse_decision(text) for text in args.decision or [None]]
     set_cpu_threads(args.threads)
