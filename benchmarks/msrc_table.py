@@ -68,11 +68,16 @@ def rule_flag(weight: float, threshold: float, trim=None, snap=None) -> str:
     return text if snap is None else f"{text},snap:{snap:g}"
 
 
-def decision_args(row: str) -> list[str]:
-    """The ``--decision`` flag of a model row (the rule comes from the wfss-lite0 preset)."""
+def shipped_rule():
+    """The decision rule of the wfss-lite0 preset (the shipped model's), which the rows vary."""
     from hhn.config import load_preset
 
-    rule = load_preset("wfss-lite0").decision
+    return load_preset("wfss-lite0").decision
+
+
+def decision_args(row: str) -> list[str]:
+    """The ``--decision`` flag of a model row (variations of :func:`shipped_rule`)."""
+    rule = shipped_rule()
     return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap),
                            "hhn-v3": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
                            "hhn-v2": rule_flag(rule.prior_weight, rule.threshold),
@@ -93,9 +98,7 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
            method, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
     if rows[0] in ("map-trim", "map-trim-snap"):  # the baseline with the shipped rule's trim (and snap)
-        from hhn.config import load_preset
-
-        rule = load_preset("wfss-lite0").decision
+        rule = shipped_rule()
         cmd += ["--trim", trim_flag(rule.trim)]
         if rows[0] == "map-trim-snap":
             cmd += ["--snap", f"{rule.snap:g}"]
