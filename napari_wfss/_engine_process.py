@@ -88,7 +88,7 @@ def propose_project(project: str, should_stop: Callable[[], bool], **options: An
     from napari_wfss.session import Session
 
     engine = Engine(**options)
-    for result in engine.propose(Session.open(project), store=False, should_stop=should_stop):
+    for result in engine.propose(Session.open(project, read_only=True), store=False, should_stop=should_stop):
         if result.label_map is not None:
             yield result.image, result.label_map, result.scores
 

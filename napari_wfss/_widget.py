@@ -68,6 +68,7 @@ from napari_wfss.classes import ClassTable
 from napari_wfss.engine import default_queries
 from napari_wfss.session import (
     ACCEPTED,
+    DEFAULT_PROJECT_DIRNAME,
     EDITED,
     PROJECT_FILE,
     PROPOSED,
@@ -324,6 +325,9 @@ class WfssWidget(QWidget):
                 return
         self._capture_edits()
         folder = Path(path)
+        project = folder if (folder / PROJECT_FILE).is_file() else folder / DEFAULT_PROJECT_DIRNAME
+        if self.session is not None and self.session.project_dir == project.resolve():
+            self.close_session()  # reopening: release the project first (one writer per project)
         try:
             if (folder / PROJECT_FILE).is_file():
                 session = Session.open(folder)
@@ -332,6 +336,8 @@ class WfssWidget(QWidget):
         except UserError as exc:
             self._report(exc)
             return
+        if self.session is not None:
+            self.close_session()
         from napari.utils.notifications import show_warning
 
         for warning in session.warnings:
@@ -348,10 +354,13 @@ class WfssWidget(QWidget):
         self.show_image((todo or session.images)[0])
 
     def close_session(self) -> None:
-        """Capture pending edits and forget the session (its files stay on disk for resuming)."""
+        """Capture pending edits, release the project for other windows and forget the session (its files
+        stay on disk for resuming)."""
         if self.running:
             self.cancel()
         self._capture_edits()
+        if self.session is not None and not (self.running and self.session is self._run_session):
+            self.session.close()  # else released when the cancelled run's last proposals are stored
         for role in ("labels", "image"):
             layer = self._layer(role)
             if layer is not None:
@@ -750,6 +759,9 @@ class WfssWidget(QWidget):
         run = self._run_holder.pop("run", None)
         if run is not None:
             run.close()
+        if self._run_session is not None and self._run_session is not self.session:
+            self._run_session.close()  # the user closed it during the run
+        self._run_session = None
         self.progress_bar.setVisible(False)
         self._worker = None
         self._refresh_enabled()

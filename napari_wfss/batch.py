@@ -108,6 +108,7 @@ def _open_project(folder: Path, out: Path) -> Session:
     except SessionError:  # the image folder moved: take the one given now
         return Session.open(project, image_folder=folder)
     if session.image_folder != folder:
+        session.close()
         raise BatchError(f"{out} already holds the labels of another folder ({session.image_folder}); "
                          f"use a new --out for {folder}")
     return session
@@ -209,17 +210,17 @@ def label_folder(
         raise BatchError(f"another `wfss label` run is writing {out} (it holds {out / LOCK_NAME}); wait for it "
                          "to finish, or give another --out") from None
     try:
-        return _label_locked(folder, tags_csv, out, engine, tiff, log, progress, started)
+        with _open_project(folder, out) as session:
+            return _label_locked(session, tags_csv, out, engine, tiff, log, progress, started)
     finally:
         lock.release()
 
 
-def _label_locked(folder: Path, tags_csv: Path, out: Path, engine: Engine, tiff: bool, log: TextIO,
+def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, tiff: bool, log: TextIO,
                   progress: bool, started: float) -> LabelSummary:
-    """:func:`label_folder` while this process holds ``OUT``'s lock."""
+    """:func:`label_folder` while this process holds ``OUT``'s lock and its project ``session``."""
     from tqdm import tqdm
 
-    session = _open_project(folder, out)
     for sub in ("", IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR):
         if (out / sub).is_dir():  # only a killed run can have left temporary files: no writer is alive
             remove_stale_temps(out / sub, older_than=0)

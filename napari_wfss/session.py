@@ -31,6 +31,12 @@ Durability: every file is written atomically (:mod:`napari_wfss.atomic`); a mask
 it, so a kill at any moment leaves a consistent project. With ``autosave`` on (the default) every
 change is saved at once; :meth:`Session.deferred_save` groups many changes into one write.
 All public methods take one re-entrant lock, so worker threads and the UI thread may share a session.
+
+One writer per project: a session that may write holds ``.project.lock`` in the project folder (an
+operating-system file lock, released by :meth:`Session.close` or when the process ends, even if it is
+killed), so a second napari window, process or ``Session`` on the same project is refused with a clear
+error instead of silently overwriting the first one's edits. ``read_only=True`` opens without the lock
+(the proposal child process reads the project that way) and refuses every write.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from .images import (
 FORMAT_NAME = "napari-wfss-project"
 FORMAT_VERSION = 1
 PROJECT_FILE = "project.json"
+PROJECT_LOCK = ".project.lock"
 DEFAULT_PROJECT_DIRNAME = ".wfss"
 PROPOSALS_DIR = "proposals"
 MASKS_DIR = "masks"
@@ -88,11 +95,33 @@ class SessionError(UserError):
     """A project cannot be created/opened, or an action is not allowed in the image's current state."""
 
 
+class ProjectInUseError(SessionError):
+    """Another session (window, process) holds the project for writing."""
+
+
 class UnknownImageError(SessionError, KeyError):
     """An image name that is not part of the session."""
 
     def __str__(self) -> str:  # KeyError would add quotes around the message
         return str(self.args[0]) if self.args else ""
+
+
+def _acquire_writer_lock(project: Path):
+    """The project's writer lock (``filelock.FileLock``), held; :class:`ProjectInUseError` at once if taken."""
+    from filelock import FileLock, Timeout
+
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(project / PROJECT_LOCK, thread_local=False)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ProjectInUseError(
+            f"the project {project} is open in another napari-wfss window, process or session; close it "
+            f"there first (its lock is released when that process ends, even if it crashed)"
+        ) from None
+    except OSError as exc:
+        raise SessionError(f"cannot lock the project {project} for writing: {exc}") from exc
+    return lock
 
 
 def _now() -> str:
@@ -213,6 +242,8 @@ class Session:
         self._recursive = recursive
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()
+        self._writer = None  # the project's FileLock while this session may write; None when read-only
+        self._records: list = []  # image records read from project.json, until loaded
         self._defer_depth = 0
         self._dirty = False
         self.autosave = True
@@ -238,30 +269,62 @@ class Session:
         if (project / PROJECT_FILE).exists():
             raise SessionError(f"a project already exists in {project}; open it instead (resume)")
         session = cls(folder, project, classes.copy() if classes is not None else ClassTable(), recursive)
+        session.autosave = False  # nothing is written before the images are found and the lock is held
         added, _ = session.rescan()
+        session.autosave = True
         if not added:
             raise ImageFolderError(
                 f"no images found in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)}"
                 f"{'' if recursive else '; sub-folders are searched only with recursive=True'})"
             )
-        session.save()
+        session._writer = _acquire_writer_lock(project)
+        try:
+            if (project / PROJECT_FILE).exists():  # another process created it meanwhile
+                raise SessionError(f"a project already exists in {project}; open it instead (resume)")
+            session.save()
+        except BaseException:
+            session._writer.release()
+            session._writer = None
+            raise
         return session
 
     @classmethod
     def open(
-        cls, project_dir: str | os.PathLike[str], *, image_folder: str | os.PathLike[str] | None = None
+        cls, project_dir: str | os.PathLike[str], *, image_folder: str | os.PathLike[str] | None = None,
+        read_only: bool = False,
     ) -> Session:
         """Resume a project. ``project_dir`` may also be an image folder holding a ``.wfss`` project.
 
         ``image_folder`` overrides the stored location (after moving the images). New images in the
         folder are added as untagged; vanished ones are kept (with their masks) but hidden until they
         return. Problems repaired while opening (e.g. a mask file deleted by hand) are listed in
-        :attr:`warnings`.
+        :attr:`warnings`. Raises :class:`ProjectInUseError` if another session holds the project for
+        writing, unless ``read_only`` (then nothing is written: the repairs stay in memory, and every
+        change that would be saved raises :class:`SessionError`).
         """
         project = Path(project_dir).expanduser().resolve()
         if not (project / PROJECT_FILE).is_file() and (project / DEFAULT_PROJECT_DIRNAME / PROJECT_FILE).is_file():
             project = project / DEFAULT_PROJECT_DIRNAME
         path = project / PROJECT_FILE
+        if not path.is_file():
+            raise SessionError(f"no project found in {project} (expected {PROJECT_FILE}); create one first")
+        writer = None if read_only else _acquire_writer_lock(project)  # before reading: no stale snapshot
+        try:
+            session = cls._read(project, path, image_folder)
+            session._writer = writer
+            if writer is not None:
+                for d in (project, project / PROPOSALS_DIR, project / MASKS_DIR):
+                    if d.is_dir():
+                        remove_stale_temps(d)
+            return session._load(path)
+        except BaseException:
+            if writer is not None:
+                writer.release()
+            raise
+
+    @classmethod
+    def _read(cls, project: Path, path: Path, image_folder: str | os.PathLike[str] | None) -> Session:
+        """A session (entries not loaded yet; see :meth:`_load`) from the project file at ``path``."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
@@ -282,19 +345,43 @@ class Session:
         except ClassTableError as exc:
             raise SessionError(f"{path}: invalid class table: {exc}") from exc
         session = cls(folder, project, classes, bool(data.get("recursive", False)))
-        for d in (project, project / PROPOSALS_DIR, project / MASKS_DIR):
-            if d.is_dir():
-                remove_stale_temps(d)
-        with session._lock:
+        session._records = data.get("images", [])
+        return session
+
+    def _load(self, path: Path) -> Session:
+        """Fill the entries from the image records read from ``path``, rescan, save repairs (if writable)."""
+        with self._lock:
+            records, self._records = self._records, []
+            self.autosave = False
             try:
-                for rec in data.get("images", []):
-                    session._load_entry(rec)
+                for rec in records:
+                    self._load_entry(rec)
             except (KeyError, TypeError, AttributeError) as exc:
                 raise SessionError(f"{path}: malformed image record ({type(exc).__name__}: {exc})") from exc
-            session.rescan()
-            if session._dirty:
-                session.save()
-        return session
+            self.rescan()
+            self.autosave = True
+            if self._dirty and self.writable:
+                self.save()
+        return self
+
+    @property
+    def writable(self) -> bool:
+        """True while this session holds its project for writing (not read-only, not closed)."""
+        return self._writer is not None
+
+    def close(self) -> None:
+        """Release the project for other sessions; the session can no longer write (reading still works).
+        Changes not saved yet (``autosave`` off, or an error midway) are dropped. Idempotent."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def open_or_create(
@@ -437,8 +524,14 @@ class Session:
     def save(self) -> None:
         """Write ``project.json`` now (atomically)."""
         with self._lock:
+            self._require_writable()
             atomic_write_text(self._project_dir / PROJECT_FILE, _dumps_project(self._to_json()))
             self._dirty = False
+
+    def _require_writable(self) -> None:
+        if self._writer is None:
+            raise SessionError(f"this session of {self._project_dir} is read-only or closed; "
+                               f"open the project again to change it")
 
     def _changed(self) -> None:
         self._dirty = True
@@ -785,6 +878,7 @@ class Session:
             if entry.mask is not None:
                 return False
             arr, present = self._validated(entry, label_map)
+            self._require_writable()
             write_label_png(self._file(PROPOSALS_DIR, entry), arr, self._classes.palette())
             entry.proposal = {
                 "model": str(model),
@@ -824,6 +918,7 @@ class Session:
 
     def _store_mask(self, entry: _Entry, label_map: np.ndarray) -> None:
         arr, present = self._validated(entry, label_map)
+        self._require_writable()
         write_label_png(self._file(MASKS_DIR, entry), arr, self._classes.palette())
         entry.mask = {"time": _now(), "classes": present}
 

@@ -29,7 +29,7 @@ def torch_engine(project: str, **options: object):
 
     from napari_wfss.session import UNTAGGED, Session
 
-    session = Session.open(project)
+    session = Session.open(project, read_only=True)
     class_id = session.classes.ids[0]
     for rel in session.images_with_status(UNTAGGED):
         img = torch.from_numpy(session.read_image(rel)).float().mean(dim=2)

@@ -23,7 +23,7 @@ def fake_engine(project: str, **options: object):
     from napari_wfss.session import Session
 
     delay = float(os.environ.get("WFSS_FAKE_DELAY", "0"))
-    session = Session.open(project)
+    session = Session.open(project, read_only=True)  # the widget's session holds the project for writing
     ids = session.classes.ids
     for i, rel in enumerate(default_queries(session)):
         time.sleep(delay)
@@ -188,6 +188,19 @@ def test_keys_tag_and_navigate_on_the_canvas(make_napari_viewer, sample_images, 
     assert widget.session.status(first) == "accepted" and widget.current == widget.session.images[1]
 
 
+def test_the_widget_holds_its_project_against_other_writers(widget, sample_images):
+    from napari_wfss.session import ProjectInUseError, Session
+
+    widget.open_folder(sample_images)
+    with pytest.raises(ProjectInUseError, match="open in another napari-wfss window"):
+        Session.open(sample_images)  # e.g. a second napari window on the same folder
+    widget.open_folder(sample_images)  # reopening its own folder is fine
+    assert widget.session.writable
+    widget.close_session()  # releases it
+    with Session.open(sample_images) as other:
+        assert other.writable
+
+
 def test_reader_opens_a_folder_in_the_widget(make_napari_viewer_proxy, sample_images):
     viewer = make_napari_viewer_proxy()
     assert viewer.open(str(sample_images), plugin="napari-wfss") == []
@@ -212,7 +225,7 @@ def failing_engine(project: str, **options: object):
     from hhn.errors import UserError
     from napari_wfss.session import UNTAGGED, Session
 
-    session = Session.open(project)
+    session = Session.open(project, read_only=True)
     rel = session.images_with_status(UNTAGGED)[0]
     h, w = session.read_image(rel).shape[:2]
     yield rel, np.zeros((h, w), np.uint8)

@@ -27,6 +27,7 @@ from napari_wfss.session import (
     REJECTED,
     TAGGED,
     UNTAGGED,
+    ProjectInUseError,
     Session,
     SessionError,
     UnknownImageError,
@@ -102,12 +103,14 @@ def test_explicit_project_dir_and_open_or_create(tmp_path):
     s = Session.open_or_create(tmp_path / "imgs", tmp_path / "proj")
     s.tag("x.png", "cat", add_class=True)
     assert (tmp_path / "proj" / "project.json").is_file() and not (tmp_path / "imgs" / ".wfss").exists()
+    s.close()
     again = Session.open_or_create(tmp_path / "imgs", tmp_path / "proj")
     assert again.tags_of("x.png") == ["cat"]
 
 
 def test_open_accepts_the_image_folder_and_rejects_future_versions(tmp_path, session):
-    assert Session.open(tmp_path / "imgs").project_dir == session.project_dir
+    assert Session.open(tmp_path / "imgs", read_only=True).project_dir == session.project_dir
+    session.close()
     pj = session.project_dir / "project.json"
     data = json.loads(pj.read_text())
     data["version"] = FORMAT_VERSION + 1
@@ -117,6 +120,30 @@ def test_open_accepts_the_image_folder_and_rejects_future_versions(tmp_path, ses
     pj.write_text("{ not json")
     with pytest.raises(SessionError, match="cannot read"):
         Session.open(session.project_dir)
+
+
+CHILD_OPENS = "import sys\nfrom napari_wfss.session import Session\nSession.open(sys.argv[1])\nprint('opened')"
+
+
+def test_one_writer_per_project(session):
+    with pytest.raises(ProjectInUseError, match="open in another napari-wfss window, process or session"):
+        Session.open(session.project_dir)  # a second session in this process
+    child = subprocess.run([sys.executable, "-c", CHILD_OPENS, str(session.project_dir)], capture_output=True, text=True)
+    assert child.returncode != 0 and "ProjectInUseError" in child.stderr  # and in another process
+    viewer = Session.open(session.project_dir, read_only=True)  # reading needs no lock
+    assert not viewer.writable and viewer.classes.names == ["cow", "sheep"]
+    with pytest.raises(SessionError, match="read-only or closed"):
+        viewer.set_proposal("b.png", label_map(1), model="m")
+    assert not (session.project_dir / "proposals" / "b.png").exists()
+    session.close()
+    session.close()  # idempotent
+    with pytest.raises(SessionError, match="read-only or closed"):
+        session.tag("a.png", "cow")
+    child = subprocess.run([sys.executable, "-c", CHILD_OPENS, str(session.project_dir)], capture_output=True, text=True)
+    assert child.stdout.strip() == "opened", child.stderr  # released by close(), and by the child's exit
+    with Session.open(session.project_dir) as again:
+        again.tag("a.png", "cow")
+    assert Session.open(session.project_dir, read_only=True).tags_of("a.png") == ["cow"]
 
 
 def test_keys_are_unique_for_duplicate_stems_and_stable(tmp_path):
@@ -130,7 +157,7 @@ def test_keys_are_unique_for_duplicate_stems_and_stable(tmp_path):
     for k in keys.values():
         assert "/" not in k and not k.startswith(".")
     make_images(tmp_path / "imgs", ["a.tif"])  # a newcomer never takes over an existing key
-    again = Session.open(tmp_path / "imgs")
+    again = Session.open(tmp_path / "imgs", read_only=True)
     assert {rel: again.key(rel) for rel in names} == keys
     assert again.key("a.tif") not in {k.casefold() for k in keys.values()}
 
@@ -188,7 +215,7 @@ def test_rename_and_remove_class(session):
     assert session.tags_of("a.png") == [] and session.proposal("b.png") is None
     assert session.status("b.png") == UNTAGGED
     assert not (session.project_dir / "proposals" / "b.png").exists()
-    assert Session.open(session.project_dir).classes.names == ["sheep"]
+    assert Session.open(session.project_dir, read_only=True).classes.names == ["sheep"]
 
 
 # -------------------------------------------------------------------------- proposals and masks
@@ -275,11 +302,11 @@ def test_deferred_save_writes_once_and_accept_always_saves(session):
         session.tag("a.png", "cow")
         session.tag("b.png", "sheep")
         assert pj.read_bytes() == before
-    assert Session.open(session.project_dir).tags_of("b.png") == ["sheep"]
+    assert Session.open(session.project_dir, read_only=True).tags_of("b.png") == ["sheep"]
     session.autosave = False
     session.tag("c.jpg", "cow")
     session.accept("d.png", label_map(1))  # saved although autosave is off
-    reopened = Session.open(session.project_dir)
+    reopened = Session.open(session.project_dir, read_only=True)
     assert reopened.status("d.png") == ACCEPTED and reopened.tags_of("c.jpg") == ["cow"]
 
 
@@ -293,22 +320,23 @@ def test_reopen_restores_everything(session):
     session.mark_edited("d.png", label_map(255, 1))
     session.set_class_color("cow", "#ff00ff")
     before = _state(session)
-    reopened = Session.open(session.project_dir)
+    reopened = Session.open(session.project_dir, read_only=True)
     assert _state(reopened) == before
     assert reopened.warnings == []
 
 
 def test_moved_project_and_new_or_missing_images(tmp_path, session):
     session.accept("a.png", label_map(1))
+    session.close()
     shutil.move(tmp_path / "imgs", tmp_path / "moved")  # project inside the folder: moves along
-    s = Session.open(tmp_path / "moved")
+    s = Session.open(tmp_path / "moved", read_only=True)
     assert s.status("a.png") == ACCEPTED and s.image_folder == (tmp_path / "moved").resolve()
     os.rename(tmp_path / "moved" / "a.png", tmp_path / "a.png")
     make_images(tmp_path / "moved", ["e.png"])
-    s = Session.open(tmp_path / "moved")
+    s = Session.open(tmp_path / "moved", read_only=True)
     assert s.images == ["b.png", "c.jpg", "d.png", "e.png"] and s.status("e.png") == UNTAGGED
     os.rename(tmp_path / "a.png", tmp_path / "moved" / "a.png")  # it comes back with its mask
-    s = Session.open(tmp_path / "moved")
+    s = Session.open(tmp_path / "moved", read_only=True)
     assert s.status("a.png") == ACCEPTED and "a.png" in s.images
 
 
@@ -317,16 +345,18 @@ def test_open_repairs_references_to_deleted_files(session):
     session.accept("b.png", label_map(2))
     (session.project_dir / "proposals" / "a.png").unlink()
     (session.project_dir / "masks" / "b.png").unlink()
+    session.close()
     s = Session.open(session.project_dir)
     assert s.status("a.png") == UNTAGGED and s.status("b.png") == UNTAGGED
     assert len(s.warnings) == 2 and "missing" in s.warnings[0]
-    assert Session.open(session.project_dir).warnings == []  # the repair was saved
+    assert Session.open(session.project_dir, read_only=True).warnings == []  # the repair was saved
 
 
 def test_image_folder_override_after_moving_images_only(tmp_path, session):
     project = tmp_path / "proj"
     s = Session.create(tmp_path / "imgs", project)
     s.tag("a.png", "x", add_class=True)
+    s.close()
     shutil.move(tmp_path / "imgs", tmp_path / "elsewhere")
     with pytest.raises(SessionError, match="image folder of project .* not found"):
         Session.open(project)
@@ -366,11 +396,12 @@ def test_failed_rename_leaves_the_old_state(session, monkeypatch):
     assert (session.project_dir / "proposals" / "a.png").read_bytes() == prop_before
     leftovers = [p for p in session.project_dir.rglob("*") if p.name.endswith(".wfss-tmp")]
     assert leftovers == []
+    session.close()
     s = Session.open(session.project_dir)
     assert s.status("a.png") == PROPOSED and s.mask("a.png") is None  # the orphan mask is not trusted
     assert s.status("b.png") == UNTAGGED
     s.accept("a.png", label_map(2))
-    np.testing.assert_array_equal(Session.open(session.project_dir).mask("a.png"), label_map(2))
+    np.testing.assert_array_equal(Session.open(session.project_dir, read_only=True).mask("a.png"), label_map(2))
 
 
 def test_failed_fsync_mid_write_keeps_project_json(session, monkeypatch):
@@ -412,6 +443,7 @@ def test_kill_at_random_moments_never_corrupts_the_project(tmp_path):
     s = Session.create(tmp_path / "imgs")
     s.add_class("cow")
     s.add_class("sheep")
+    s.close()  # the child writes
     rng = np.random.default_rng(1)
     for round_ in range(3):
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(s.project_dir), str(round_)],
@@ -421,12 +453,12 @@ def test_kill_at_random_moments_never_corrupts_the_project(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
-        reopened = Session.open(s.project_dir)
-        assert reopened.warnings == []  # every referenced file exists
-        for rel in reopened.images:
-            for arr in (reopened.proposal(rel), reopened.mask(rel)):
-                assert arr is None or (arr.shape == (120, 160) and set(np.unique(arr)) <= {0, 1, 2, 255})
-    assert any(Session.open(s.project_dir).status(r) != UNTAGGED for r in s.images)
+        with Session.open(s.project_dir) as reopened:  # the killed child's lock was released
+            assert reopened.warnings == []  # every referenced file exists
+            for rel in reopened.images:
+                for arr in (reopened.proposal(rel), reopened.mask(rel)):
+                    assert arr is None or (arr.shape == (120, 160) and set(np.unique(arr)) <= {0, 1, 2, 255})
+    assert any(Session.open(s.project_dir, read_only=True).status(r) != UNTAGGED for r in s.images)
 
 
 def test_concurrent_threads_share_one_session(session):
@@ -448,7 +480,7 @@ def test_concurrent_threads_share_one_session(session):
     for t in threads:
         t.join()
     assert errors == []
-    reopened = Session.open(session.project_dir)
+    reopened = Session.open(session.project_dir, read_only=True)
     for i, rel in enumerate(session.images):
         assert reopened.tags_of(rel) == ["sheep"] and reopened.status(rel) == PROPOSED
         np.testing.assert_array_equal(reopened.proposal(rel), label_map(1 + i % 2))
@@ -488,7 +520,7 @@ def test_import_tags_csv(tmp_path):
     assert [line for line, _ in report.bad_rows] == [11, 12]
     assert not report.ok and len(report.problems) == 4
     assert "ghost.png" in report.summary() and "tags.csv:10" in report.summary()
-    assert Session.open(s.project_dir).tags_of("sub/img2.png") == ["cow", "Sheep", "grass"]
+    assert Session.open(s.project_dir, read_only=True).tags_of("sub/img2.png") == ["cow", "Sheep", "grass"]
 
 
 def test_tags_csv_round_trip(tmp_path, session):
@@ -507,7 +539,7 @@ def test_classes_csv_through_the_session(tmp_path, session):
     (tmp_path / "more.csv").write_text("id,name,color\n2,sheep,#000000\n9,goat,\n")
     added = session.import_classes_csv(tmp_path / "more.csv")
     assert [c.name for c in added] == ["goat"]
-    s = Session.open(session.project_dir)
+    s = Session.open(session.project_dir, read_only=True)
     assert s.classes.get("goat").id == 9 and s.classes.get("sheep").color == (0, 0, 0)
     (tmp_path / "bad.csv").write_text("id,name\n5,cow\n")
     with pytest.raises(ClassTableError, match="ids of existing classes cannot change"):
