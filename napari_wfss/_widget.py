@@ -37,8 +37,10 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QColorDialog,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -249,9 +251,21 @@ class WfssWidget(QWidget):
         self.shots_spin.setRange(1, 50)
         self.shots_spin.setValue(5)
         self.shots_spin.setToolTip("at most this many tagged images per class are used as supports")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 0.95)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setSpecialValueText("model's")  # shown at 0.0: the model's decision rule
+        self.threshold_spin.setToolTip("background where no class reaches this foreground score; higher: "
+                                       "smaller, surer masks ('model's': the model's own threshold)")
+        self.snap_check = QCheckBox("Snap to edges")
+        self.snap_check.setChecked(True)
+        self.snap_check.setToolTip("pull each mask to the image's colour edges (GrabCut), as the model's rule "
+                                   "does; turn off where colour edges do not follow the objects")
         form.addRow("Model", self.model_edit)
         form.addRow("Device", self.device_combo)
         form.addRow("Shots", self.shots_spin)
+        form.addRow("Threshold", self.threshold_spin)
+        form.addRow("", self.snap_check)
         inner.addLayout(form)
         row = QHBoxLayout()
         self.propose_button = QPushButton("Propose untagged images")
@@ -686,6 +700,8 @@ class WfssWidget(QWidget):
             "model": self.model_edit.text().strip() or "default",
             "device": self.device_combo.currentText(),
             "shots": self.shots_spin.value(),
+            "threshold": self.threshold_spin.value() or None,
+            "snap": self.snap_check.isChecked(),
         }
 
     def propose(self) -> None:

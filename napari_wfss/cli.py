@@ -80,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's decision rule; 0.5 for presets)")
     p.add_argument("--decision", default=None, metavar="RULE",
                    help="override the model's decision rule, as in `wfss eval --decision`: 'argmax' or "
-                        "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND], e.g. 0.5,0.6,trim:1/0.5/0 for the "
-                        "default model's rule without its GrabCut snap (default: the model's rule)")
+                        "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND], e.g. 0.5,0.6,trim:1/0.5/0 "
+                        "(default: the model's rule)")
+    p.add_argument("--no-snap", dest="snap", action="store_false",
+                   help="leave out the rule's snap to the image's colour edges (GrabCut), e.g. for images "
+                        "whose colour edges do not follow the objects")
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
     _add_device(p)
     p.set_defaults(run="napari_wfss.batch:run_label_cli")

@@ -39,6 +39,7 @@ Torch and the model modules of :mod:`hhn` are imported on first use, so importin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -290,7 +291,9 @@ class Engine:
         threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``; default
             (None): the threshold of the decision rule in use.
         decision: the ``hhn.config.DecisionRule`` that turns the network's output into each class's
-            ``fg_prob`` (e.g. without the snap); default (None): the model's own rule.
+            ``fg_prob``; default (None): the model's own rule.
+        snap: False drops the rule's snap to the image's colour edges (GrabCut), e.g. for images whose
+            colour edges do not follow the objects; True keeps the rule as it is.
         prior: the ``hhn.priors`` ``TagPrior`` fitted per class; default :meth:`default_prior`.
         model_name: the name stored with each proposal; default derived from ``model``.
 
@@ -307,6 +310,7 @@ class Engine:
         prior: TagPrior | None = None,
         model_name: str | None = None,
         decision: Any = None,
+        snap: bool = True,
     ) -> None:
         if shots < 1 or batch_size < 1:
             raise EngineError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
@@ -318,6 +322,7 @@ class Engine:
         self.batch_size = int(batch_size)
         self._threshold = None if threshold is None else float(threshold)
         self._decision = decision
+        self._snap = bool(snap)
         self._prior = prior
         self._model_name = model_name
         self._predictor: Predictor | None = None
@@ -356,7 +361,7 @@ class Engine:
 
             model = self.model_spec
             if hasattr(model, "encode_support"):  # a ready predictor
-                if self._decision is not None:
+                if self._decision is not None or not self._snap:
                     raise EngineError("give the decision rule to the Predictor itself, not to the Engine")
                 self._predictor = model
                 return model
@@ -365,7 +370,10 @@ class Engine:
 
                 name = os.fspath(model)
                 model = create_model(name.removeprefix(PRESET_PREFIX), device=self.device)
-            self._predictor = Predictor(model, device=self.device, decision=self._decision)
+            decision = self._decision if self._decision is not None else model.config.decision
+            if not self._snap:
+                decision = dataclasses.replace(decision, snap=None)
+            self._predictor = Predictor(model, device=self.device, decision=decision)
         return self._predictor
 
     def default_prior(self, vocabulary: Sequence[str]) -> TagPrior:

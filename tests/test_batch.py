@@ -346,3 +346,23 @@ def test_cli_decision_override_is_checked_before_labelling(tmp_path, capsys):
     assert main(["label", str(folder), "--tags", str(tags), "--out", str(out), "--decision", "0.5,0.6,snap:x"]) == 2
     assert "decision rule must be" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_no_snap_reaches_the_engine(tmp_path, monkeypatch):
+    import napari_wfss.batch as batch
+
+    class Built(Exception):
+        pass
+
+    def engine(**options):
+        raise Built(options)
+
+    monkeypatch.setattr(batch, "Engine", engine)
+    folder, tags = make_folder(tmp_path, n_untagged=1)
+    args = ["label", str(folder), "--tags", str(tags), "--out", str(tmp_path / "out")]
+    with pytest.raises(Built) as built:
+        main([*args, "--no-snap"])
+    assert built.value.args[0]["snap"] is False
+    with pytest.raises(Built) as built:
+        main(args)
+    assert built.value.args[0]["snap"] is True

@@ -390,3 +390,7 @@ def test_engine_decision_overrides_the_models_rule():
     assert Engine("preset:wfss-lite0", device="cpu").load().decision.snap == 0.06  # the preset's own rule
     with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
         Engine(FakePredictor(), decision=rule).load()
+    without_snap = Engine("preset:wfss-lite0", device="cpu", snap=False).load().decision
+    assert without_snap == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), None)  # the preset's rule minus its snap
+    with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
+        Engine(FakePredictor(), snap=False).load()

@@ -201,6 +201,17 @@ def test_the_widget_holds_its_project_against_other_writers(widget, sample_image
         assert other.writable
 
 
+def test_run_settings_reach_the_engine_options(widget, sample_images):
+    widget.open_folder(sample_images)
+    options = widget._engine_options()
+    assert options["threshold"] is None and options["snap"] is True  # the model's own rule
+    assert widget.threshold_spin.text() == "model's"
+    widget.threshold_spin.setValue(0.7)
+    widget.snap_check.setChecked(False)
+    options = widget._engine_options()
+    assert options["threshold"] == pytest.approx(0.7) and options["snap"] is False
+
+
 def test_reader_opens_a_folder_in_the_widget(make_napari_viewer_proxy, sample_images):
     viewer = make_napari_viewer_proxy()
     assert viewer.open(str(sample_images), plugin="napari-wfss") == []
