@@ -108,6 +108,9 @@ def test_decision_rule_is_validated_and_round_trips():
     for bad in ((1.5, 0.5), (0.5, 1.0), (-0.1, 0.5)):
         with pytest.raises(UserError, match="decision rule"):
             DecisionRule(*bad)
+    for bad in (("x", 0.5), (0.5, None), (0.5, 0.5, "abc"), (0.5, 0.5, None, "wide"), (0.5, 0.5, 3)):
+        with pytest.raises(UserError, match="decision rule needs numbers"):  # e.g. a hand-edited model.json
+            DecisionRule(*bad)
 
 
 def test_encoded_images_are_reusable_and_equivalent(lite):

@@ -60,19 +60,27 @@ class DecisionRule:
     snap: float | None = None
 
     def __post_init__(self) -> None:
+        try:  # a hand-edited model.json may hold anything
+            object.__setattr__(self, "prior_weight", float(self.prior_weight))
+            object.__setattr__(self, "threshold", float(self.threshold))
+            trim = None if self.trim is None else tuple(float(w) for w in self.trim)
+            snap = None if self.snap is None else float(self.snap)
+        except (TypeError, ValueError):
+            raise UserError(f"decision rule needs numbers: prior_weight, threshold, three trim tap weights or "
+                            f"null, a snap band or null; got {self.prior_weight!r}, {self.threshold!r}, "
+                            f"{self.trim!r}, {self.snap!r}") from None
         if not (0.0 <= self.prior_weight <= 1.0 and 0.0 < self.threshold < 1.0):
             raise UserError(f"decision rule needs prior_weight in [0, 1] and threshold in (0, 1), got "
                             f"{self.prior_weight} and {self.threshold}")
-        if self.trim is not None:
-            weights = tuple(float(w) for w in self.trim)
-            if len(weights) != 3 or min(weights) < 0 or max(weights) <= 0:
+        if trim is not None:
+            if len(trim) != 3 or min(trim) < 0 or max(trim) <= 0:
                 raise UserError(f"decision rule trim needs three non-negative tap weights (strides 8, 16, "
                                 f"32), not all 0, got {self.trim}")
-            object.__setattr__(self, "trim", weights)
-        if self.snap is not None:
-            if not 0.0 < float(self.snap) < 0.5:
+            object.__setattr__(self, "trim", trim)
+        if snap is not None:
+            if not 0.0 < snap < 0.5:
                 raise UserError(f"decision rule snap needs a band in (0, 0.5) of the image diagonal, got {self.snap}")
-            object.__setattr__(self, "snap", float(self.snap))
+            object.__setattr__(self, "snap", snap)
 
     @property
     def is_argmax(self) -> bool:
