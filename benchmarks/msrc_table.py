@@ -167,16 +167,18 @@ def run(args) -> None:
 
 
 def render(results: dict[str, dict]) -> str:
-    """Markdown: one row per (method, support) that has results, one column per (fold, shots) that has
-    results (1-shot columns first); cells are mIoU / FB-IoU, "n/a" where that cell was not run."""
+    """Markdown: one row per (method, support) that has results, one column per (fold, shots, episodes)
+    that has results (1-shot columns first; the episodes are named when not 1000); cells are
+    mIoU / FB-IoU, "n/a" where that cell was not run."""
     rows = list(results.values())
-    cols = sorted({(r["fold"], r["shots"]) for r in rows}, key=lambda c: (c[1], c[0]))
-    cell = {(r["fold"], r["shots"], r["support"], r["method"]): r["result"] for r in rows}
-    lines = ["| method | support | " + " | ".join(f"fold {f} {s}-shot" for f, s in cols) + " |",
+    cols = sorted({(r["fold"], r["shots"], r["result"]["episodes"]) for r in rows}, key=lambda c: (c[1], -c[2], c[0]))
+    cell = {(r["fold"], r["shots"], r["result"]["episodes"], r["support"], r["method"]): r["result"] for r in rows}
+    lines = ["| method | support | " + " | ".join(f"fold {f} {s}-shot" + ("" if e == 1000 else f" ({e} ep.)")
+                                                 for f, s, e in cols) + " |",
              "|" + "---|" * (len(cols) + 2)]
     for method, supports in METHODS:
         for support in supports:
-            found = [cell.get((f, s, support, method)) for f, s in cols]
+            found = [cell.get((f, s, e, support, method)) for f, s, e in cols]
             if any(found):
                 text = ["n/a" if r is None else f"{r['miou']:.1f} / {r['fbiou']:.1f}" for r in found]
                 lines.append(f"| {LABELS[method]} | {support} | " + " | ".join(text) + " |")
@@ -189,16 +191,17 @@ def _percent(fraction: float | None) -> str:
 
 def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn",)) -> str:
     """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of the model rows."""
-    lines = ["| row | fold | shots | support | class | IoU | precision | recall |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results.values(), key=lambda r: (r["method"], r["fold"], r["shots"], r["support"])):
+    lines = ["| row | fold | shots | episodes | support | class | IoU | precision | recall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (r["method"], r["fold"], r["shots"], -r["result"]["episodes"],
+                                                     r["support"])):
         if r["method"] not in rows:
             continue
         res = r["result"]
         for cls, iou in res["per_class"].items():
             p, rc = res.get("precision", {}).get(cls), res.get("recall", {}).get(cls)
-            lines.append(f"| {r['method']} | {r['fold']} | {r['shots']} | {r['support']} | {cls} | {iou:.1f} "
-                         f"| {_percent(p)} | {_percent(rc)} |")
+            lines.append(f"| {r['method']} | {r['fold']} | {r['shots']} | {res['episodes']} | {r['support']} | {cls} "
+                         f"| {iou:.1f} | {_percent(p)} | {_percent(rc)} |")
     return "\n".join(lines)
 
 

@@ -106,14 +106,27 @@ class UnknownImageError(SessionError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class _Unlocked:
+    """Stands in for the writer lock on a file system that cannot lock files (some network shares)."""
+
+    warning = ("this file system cannot lock files: nothing stops another napari-wfss window from opening this "
+               "project too, and the last one to save would overwrite the other's edits")
+
+    def release(self) -> None:
+        """Nothing to release."""
+
+
 def _acquire_writer_lock(project: Path):
-    """The project's writer lock (``filelock.FileLock``), held; :class:`ProjectInUseError` at once if taken."""
+    """The project's writer lock (``filelock.FileLock``), held; :class:`ProjectInUseError` at once if taken;
+    an :class:`_Unlocked` where the file system cannot lock."""
     from filelock import FileLock, Timeout
 
     try:
         project.mkdir(parents=True, exist_ok=True)
         lock = FileLock(project / PROJECT_LOCK, thread_local=False)
         lock.acquire(timeout=0)
+    except NotImplementedError:  # filelock's answer where flock is unsupported
+        return _Unlocked()
     except Timeout:
         raise ProjectInUseError(
             f"the project {project} is open in another napari-wfss window, process or session; close it "
@@ -277,7 +290,7 @@ class Session:
                 f"no images found in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)}"
                 f"{'' if recursive else '; sub-folders are searched only with recursive=True'})"
             )
-        session._writer = _acquire_writer_lock(project)
+        session._hold(_acquire_writer_lock(project))
         try:
             if (project / PROJECT_FILE).exists():  # another process created it meanwhile
                 raise SessionError(f"a project already exists in {project}; open it instead (resume)")
@@ -311,8 +324,8 @@ class Session:
         writer = None if read_only else _acquire_writer_lock(project)  # before reading: no stale snapshot
         try:
             session = cls._read(project, path, image_folder)
-            session._writer = writer
             if writer is not None:
+                session._hold(writer)
                 for d in (project, project / PROPOSALS_DIR, project / MASKS_DIR):
                     if d.is_dir():
                         remove_stale_temps(d)
@@ -363,6 +376,12 @@ class Session:
             if self._dirty and self.writable:
                 self.save()
         return self
+
+    def _hold(self, writer) -> None:
+        """Keep the writer lock from :func:`_acquire_writer_lock` (and say so when it could not lock)."""
+        self._writer = writer
+        if isinstance(writer, _Unlocked):
+            self.warnings.append(writer.warning)
 
     @property
     def writable(self) -> bool:

@@ -146,6 +146,22 @@ def test_one_writer_per_project(session):
     assert Session.open(session.project_dir, read_only=True).tags_of("a.png") == ["cow"]
 
 
+def test_a_file_system_without_locks_still_opens_with_a_warning(session, monkeypatch):
+    import filelock
+
+    session.close()
+
+    def unsupported(self, *args, **kwargs):
+        raise NotImplementedError("FileSystem does not appear to support flock")  # as filelock says on such shares
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", unsupported)
+    s = Session.open(session.project_dir)
+    assert s.writable and any("cannot lock files" in w for w in s.warnings)
+    s.tag("a.png", "cow")  # writes as before
+    s.close()
+    assert Session.open(session.project_dir, read_only=True).tags_of("a.png") == ["cow"]
+
+
 def test_keys_are_unique_for_duplicate_stems_and_stable(tmp_path):
     names = ["a.png", "a.jpg", "sub/a.png", "sub__a.png", "A.bmp", "deep/x/y z.png"]
     make_images(tmp_path / "imgs", names)
