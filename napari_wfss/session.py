@@ -256,7 +256,6 @@ class Session:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()
         self._writer = None  # the project's FileLock while this session may write; None when read-only
-        self._records: list = []  # image records read from project.json, until loaded
         self._defer_depth = 0
         self._dirty = False
         self.autosave = True
@@ -296,8 +295,7 @@ class Session:
                 raise SessionError(f"a project already exists in {project}; open it instead (resume)")
             session.save()
         except BaseException:
-            session._writer.release()
-            session._writer = None
+            session.close()
             raise
         return session
 
@@ -323,21 +321,21 @@ class Session:
             raise SessionError(f"no project found in {project} (expected {PROJECT_FILE}); create one first")
         writer = None if read_only else _acquire_writer_lock(project)  # before reading: no stale snapshot
         try:
-            session = cls._read(project, path, image_folder)
+            session, records = cls._read(project, path, image_folder)
             if writer is not None:
                 session._hold(writer)
                 for d in (project, project / PROPOSALS_DIR, project / MASKS_DIR):
                     if d.is_dir():
                         remove_stale_temps(d)
-            return session._load(path)
+            return session._load(records, path)
         except BaseException:
             if writer is not None:
                 writer.release()
             raise
 
     @classmethod
-    def _read(cls, project: Path, path: Path, image_folder: str | os.PathLike[str] | None) -> Session:
-        """A session (entries not loaded yet; see :meth:`_load`) from the project file at ``path``."""
+    def _read(cls, project: Path, path: Path, image_folder: str | os.PathLike[str] | None) -> tuple[Session, list]:
+        """A session from the project file at ``path``, and its image records (for :meth:`_load`)."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
@@ -357,14 +355,11 @@ class Session:
             classes = ClassTable.from_records(data.get("classes", []))
         except ClassTableError as exc:
             raise SessionError(f"{path}: invalid class table: {exc}") from exc
-        session = cls(folder, project, classes, bool(data.get("recursive", False)))
-        session._records = data.get("images", [])
-        return session
+        return cls(folder, project, classes, bool(data.get("recursive", False))), data.get("images", [])
 
-    def _load(self, path: Path) -> Session:
-        """Fill the entries from the image records read from ``path``, rescan, save repairs (if writable)."""
+    def _load(self, records: list, path: Path) -> Session:
+        """Fill the entries from the image ``records`` read from ``path``, rescan, save repairs (if writable)."""
         with self._lock:
-            records, self._records = self._records, []
             self.autosave = False
             try:
                 for rec in records:
