@@ -161,6 +161,25 @@ def test_cancel_midway_keeps_finished_proposals(widget, sample_images, qtbot, mo
     assert widget.propose_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_closing_during_a_run_releases_the_project_after_it(widget, sample_images, qtbot, monkeypatch):
+    from napari_wfss.session import PROPOSED, ProjectInUseError, Session
+
+    monkeypatch.setenv("WFSS_FAKE_DELAY", "0.3")
+    widget.open_folder(sample_images)
+    _tag_two_images(widget)
+    run_session = widget.session
+    widget.propose()
+    qtbot.waitUntil(lambda: run_session.counts()[PROPOSED] >= 1, timeout=60_000)
+    widget.close_session()  # cancels; proposals still in flight are stored, not lost
+    assert widget.session is None
+    with pytest.raises(ProjectInUseError):
+        Session.open(sample_images)  # still held while the run winds down
+    _wait_run(qtbot, widget, timeout=30_000)
+    assert not run_session.writable  # released when the run ended
+    with Session.open(sample_images) as reopened:
+        assert reopened.counts()[PROPOSED] == run_session.counts()[PROPOSED] >= 1
+
+
 def test_keys_tag_and_navigate_on_the_canvas(make_napari_viewer, sample_images, qtbot):
     from qtpy.QtCore import Qt
 
