@@ -63,11 +63,6 @@ def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple
     return [methods.HHNMethod(predictor, text=text, decision=rule, shared=shared) for rule in rules]
 
 
-def parse_decision(text: str | None) -> DecisionRule | None:
-    """One ``--decision``: None (the model's rule) or a rule (``hhn.config.parse_decision_rule``)."""
-    return None if text is None else parse_decision_rule(text)
-
-
 def run_eval_cli(args) -> int:
     """Run ``wfss eval`` from parsed arguments; prints a table, or one JSON object with ``--json`` (one line
     per ``--decision`` when several are given, in their order)."""
@@ -89,7 +84,7 @@ def run_eval_cli(args) -> int:
                             f"W,T,trim:A/B/C,snap:BAND)")
     trim = parse_trim_weights(args.trim) if args.trim else None
     snap = DecisionRule(snap=args.snap).snap if args.snap is not None else None
-    rules = [parse_decision(text) for text in args.decision or [None]]
+    rules = [parse_decision_rule(text) for text in args.decision] if args.decision else [None]  # None: the model's
     set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
     dataset = open_dataset(args.data, args.layout, fold=args.fold, min_fraction=args.min_fraction,
