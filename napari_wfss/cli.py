@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
     p.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="background where no class reaches this foreground score, in [0, 1] (default: the "
-                        "model's decision rule; 0.5 for presets)")
+                   help="background where no class reaches this foreground score, in [0, 1]; also each "
+                        "class's threshold in the decision rule, before its trim and snap (default: the "
+                        "rule's own)")
     p.add_argument("--decision", default=None, metavar="RULE",
                    help="override the model's decision rule, as in `wfss eval --decision`: 'argmax' or "
                         "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND], e.g. 0.5,0.6,trim:1/0.5/0 "

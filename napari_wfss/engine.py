@@ -23,7 +23,8 @@ One run (:meth:`Engine.propose`):
    appearance or its snap to the image's edges removed a pixel, at least the rule's threshold where
    the snap added one).
    Per pixel the label is the class with the highest ``fg_prob`` (ties: class-table order), or
-   background (0) where that highest value is below ``threshold`` (default: the rule's). With ``store=True`` the batch's
+   background (0) where that highest value is below ``threshold`` (default: the rule's; a given one
+   also replaces the rule's, see :class:`Engine`). With ``store=True`` the batch's
    label maps are stored with ``Session.set_proposal`` under one ``deferred_save`` (one write of
    ``project.json`` per batch), then the results are yielded. Memory holds one batch of queries
    (and two maps per query for the per-pixel decision, whatever the number of classes).
@@ -289,7 +290,9 @@ class Engine:
         shots: at most this many support images per class.
         batch_size: query images per batch (memory and ``project.json`` writes per batch).
         threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``; default
-            (None): the threshold of the decision rule in use.
+            (None): the threshold of the decision rule in use. A threshold strictly between 0 and 1
+            also replaces the rule's own, so each class's mask is thresholded there before the rule's
+            trim and snap (a ready ``Predictor`` keeps its rule; only the per-pixel decision uses it).
         decision: the ``hhn.config.DecisionRule`` that turns the network's output into each class's
             ``fg_prob``; default (None): the model's own rule.
         snap: False drops the rule's snap to the image's colour edges (GrabCut), e.g. for images whose
@@ -373,6 +376,10 @@ class Engine:
             decision = self._decision if self._decision is not None else model.config.decision
             if not self._snap:
                 decision = dataclasses.replace(decision, snap=None)
+            if self._threshold is not None and 0.0 < self._threshold < 1.0:
+                # the rule decides each class's mask at the user's threshold, so its trim and snap work
+                # on that mask and the pixels the snap adds (scored at the threshold) stay foreground
+                decision = dataclasses.replace(decision, threshold=self._threshold)
             self._predictor = Predictor(model, device=self.device, decision=decision)
         return self._predictor
 

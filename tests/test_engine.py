@@ -394,3 +394,16 @@ def test_engine_decision_overrides_the_models_rule():
     assert without_snap == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), None)  # the preset's rule minus its snap
     with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
         Engine(FakePredictor(), snap=False).load()
+
+
+def test_a_given_threshold_becomes_the_rules_threshold():
+    # the rule thresholds each class at the user's value before its trim and snap, so the pixels the
+    # snap adds (scored at the rule's threshold) are not dropped by a higher user threshold
+    shipped = DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06)
+    assert Engine("preset:wfss-lite0", device="cpu", threshold=0.8).load().decision == DecisionRule(
+        0.5, 0.8, (1.0, 0.5, 0.0), 0.06)
+    assert Engine("preset:wfss-lite0", device="cpu", threshold=0.3, snap=False).load().decision == DecisionRule(
+        0.5, 0.3, (1.0, 0.5, 0.0), None)
+    for edge in (0.0, 1.0):  # outside the rule's open range: the rule keeps its own, the resolver uses it
+        engine = Engine("preset:wfss-lite0", device="cpu", threshold=edge)
+        assert engine.load().decision == shipped and engine.threshold == edge
