@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from hhn.errors import UserError
+from hhn.priors.catalog import TAG_PRIORS
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -131,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prior / map only: then snap the mask to the image's edges (GrabCut) with this band "
                         "(the control for a model rule's snap, e.g. 0.06)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--prior", default="coseg", choices=("coseg", "gradcam"),
-                   help="tag prior: coseg = CLIP-free co-segmentation of the tagged images; gradcam = CLIP "
-                        "RN50 Grad-CAM (needs CLIP weights) (default: coseg)")
+    p.add_argument("--prior", default=None, choices=TAG_PRIORS,
+                   help="tag prior: coseg = CLIP-free co-segmentation of the tagged images at 320 px; "
+                        "coseg-ms = the same at 320, 448 and 576 px, maps averaged; "
+                        "gradcam = CLIP RN50 Grad-CAM (needs CLIP weights) (default: the model's own "
+                        "tag_prior for --method hhn, else coseg)")
     _add_prior_gallery(p)
     p.add_argument("--negatives", default="context", choices=("context", "random"),
                    help="prior negatives: context = whose tags overlap the supports' other tags (default)")

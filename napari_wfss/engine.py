@@ -384,23 +384,24 @@ class Engine:
         return self._predictor
 
     def default_prior(self, vocabulary: Sequence[str]) -> TagPrior:
-        """The tag prior the model expects: CLIP Grad-CAM (``vocabulary`` = the competing class names)
-        for a model that reads CLIP text, like the paper's; otherwise the CLIP-free co-segmentation
-        prior (the default model's), fed with the network's own backbone taps when they are the ones
-        the prior would compute (:func:`taps_match_prior_features`), else with its own backbone."""
+        """The tag prior the model is used with: its config's ``tag_prior`` (``hhn.priors.catalog``); when
+        that is unset, CLIP Grad-CAM (``vocabulary`` = the competing class names) for a model that reads
+        CLIP text, like the paper's, else the CLIP-free co-segmentation prior. A co-segmentation prior
+        reads the network's own backbone taps when they are the ones it would compute
+        (:func:`taps_match_prior_features`), else runs its own backbone."""
+        from hhn.priors.catalog import build_tag_prior
+
         predictor = self.load()
-        if predictor.config.use_text:
-            from hhn.priors.gradcam import GradCamPrior
+        config = predictor.config
+        name = config.tag_prior or ("gradcam" if config.use_text else "coseg")
 
-            return GradCamPrior.from_pretrained(vocabulary=vocabulary, device=predictor.device)
-        from hhn.priors.coseg import CosegPrior
-        from hhn.priors.features import DenseFeatures
-
-        features = DenseFeatures(device=predictor.device)
-        if taps_match_prior_features(predictor.model, features):
+        def reuse(features):
+            if not taps_match_prior_features(predictor.model, features):
+                return None
             # late-bound: each run gets fresh encodings
-            return CosegPrior(features=lambda pixels, weights=None: self._encodings.descriptors(pixels, weights))
-        return CosegPrior(features=features)
+            return lambda pixels, weights=None: self._encodings.descriptors(pixels, weights)
+
+        return build_tag_prior(name, device=predictor.device, vocabulary=vocabulary, reuse=reuse)
 
     def _class_text(self, name: str):
         """CLIP text embeddings of a class for models that use text (None otherwise)."""

@@ -362,6 +362,11 @@ def test_prior_reuses_the_network_taps_only_when_they_are_its_own_features(tiny_
     engine = Engine(pretrained, device="cpu")
     prior = engine.default_prior(["a", "b"])
     assert isinstance(prior, CosegPrior) and not isinstance(prior.features, DenseFeatures)
+    # a model whose config names the multi-scale prior: only its 320 px member can read the network's taps
+    multi_scale = HHN(dataclasses.replace(at_prior_size, tag_prior="coseg-ms"), pretrained_backbone=True)
+    members = Engine(multi_scale, device="cpu").default_prior(["a"]).members
+    assert not isinstance(members[0].features, DenseFeatures)
+    assert [m.features.size for m in members[1:]] == [448, 576]
     pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     engine._encodings = _Encodings(Predictor(pretrained, device="cpu"))  # what a run sets up
     reused = prior.descriptors(pixels)  # the prior's own call, with its tap weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,23 @@ def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model, feature_ca
     result = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--support", "masks",
                    "--threads", "1", cache=feature_cache)
     assert result["method"] == "hhn" and 0 <= result["miou"] <= 100
+
+
+def test_the_tag_prior_is_the_models_own_unless_given(synth, capsys, tiny_model, feature_cache, tmp_path):
+    import shutil
+
+    src = Path(tiny_model)
+    for f in src.parent.glob(src.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / src.name).read_text())
+    meta["config"]["tag_prior"] = "coseg-ms"
+    (tmp_path / src.name).write_text(json.dumps(meta))
+    args = ("--method", "hhn", "--support", "tags", "--prior-negatives", "2", "--threads", "1")
+    assert _eval(capsys, synth, *args, "--model", tiny_model, cache=feature_cache)["prior"] == "coseg"
+    own = _eval(capsys, synth, *args, "--model", str(tmp_path / src.name), cache=feature_cache)
+    assert own["prior"] == "coseg-ms" and 0 <= own["miou"] <= 100
+    given = _eval(capsys, synth, *args, "--model", str(tmp_path / src.name), "--prior", "coseg", cache=feature_cache)
+    assert given["prior"] == "coseg"
 
 
 def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(synth, capsys, tiny_model,

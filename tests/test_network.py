@@ -88,6 +88,12 @@ def test_config_errors_are_user_errors():
         HHNConfig.from_dict({**base.to_dict(), "dropout": 0.2})
     with pytest.raises(UserError, match="available: .*wfss-lite0"):
         load_preset("nope")
+    with pytest.raises(UserError, match="unknown tag_prior 'clip'"):
+        dataclasses.replace(base, tag_prior="clip")
+    assert HHNConfig.from_dict({**base.to_dict(), "tag_prior": "coseg-ms"}).tag_prior == "coseg-ms"
+    old = base.to_dict()
+    del old["tag_prior"]  # a model.json written before the field existed
+    assert HHNConfig.from_dict(old).tag_prior is None
     vgg = load_preset("tlg-vgg16-pascal")  # 272 = 16 x 17: pool5 8x8 squeezes to 1, conv5 17x17 to 2
     with pytest.raises(UserError, match="incompatible feature grids"):
         dataclasses.replace(vgg, image_size=(272, 272)).geometry  # noqa: B018

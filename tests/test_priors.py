@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from hhn.errors import PriorUnavailableError
-from hhn.priors.base import TaggedImage
+from hhn.priors.base import ClassPrior, TaggedImage, TagPrior
+from hhn.priors.catalog import COSEG_PRIORS, TAG_PRIORS, build_tag_prior
 from hhn.priors.coseg import CosegPrior, otsu
+from hhn.priors.ensemble import MeanPrior
 from hhn.priors.features import BoundedCache, DenseFeatures, descriptors_from_taps
 
 SIZE, CELL = 32, 4
@@ -101,6 +103,46 @@ def test_feature_memory_is_bounded_and_keeps_recent_images():
     cache = BoundedCache(2)
     assert [cache.get_or_make(k, lambda k=k: k * 10) for k in (1, 2, 1, 3)] == [10, 20, 10, 30]
     assert list(cache) == [1, 3]
+
+
+def test_mean_prior_averages_its_members_and_keeps_user_masks():
+    class Constant(TagPrior):
+        def __init__(self, value):
+            self.value = value
+
+        def fit(self, class_name, positives, negatives=()):
+            value = self.value
+
+            class Fitted(ClassPrior):
+                def _map(self, pixels):
+                    return np.full(pixels.shape[:2], value, np.float32)
+
+            return Fitted(class_name)
+
+    image = np.zeros((5, 7, 3), np.uint8)
+    fitted = MeanPrior([Constant(0.2), Constant(1.4), Constant(0.6)]).fit("c", [image])
+    out = fitted(image)
+    assert out.shape == (5, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(out, (0.2 + 1.0 + 0.6) / 3)  # each member clipped to [0, 1] first
+    mask = np.eye(5, 7, dtype=np.float32)
+    assert np.array_equal(fitted(TaggedImage(image, mask)), mask)
+    with pytest.raises(ValueError, match="at least one"):
+        MeanPrior([])
+
+
+def test_catalog_builds_the_named_priors():
+    single = build_tag_prior("coseg", cache_dir=None)
+    assert isinstance(single, CosegPrior) and single.features.size == 320
+    multi = build_tag_prior("coseg-ms")
+    assert isinstance(multi, MeanPrior) and len(multi.members) == 3
+    assert [m.features.size for m in multi.members] == list(COSEG_PRIORS["coseg-ms"]) == [320, 448, 576]
+    stand_in = lambda pixels, weights=None: None  # noqa: E731
+    asked = []
+    reused = build_tag_prior("coseg", reuse=lambda dense: asked.append(dense.size) or stand_in)
+    assert reused.features is stand_in and asked == [320]
+    with pytest.raises(ValueError, match="unknown tag prior 'nope'"):
+        build_tag_prior("nope")
+    assert set(TAG_PRIORS) == {"coseg", "coseg-ms", "gradcam"}
 
 
 def test_otsu_splits_two_modes():

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from hhn.errors import UserError
+from hhn.priors.catalog import TAG_PRIORS
 
 #: Backbone names known to the model (the registry in ``hhn.backbones`` has exactly these keys).
 SUPPORTED_BACKBONES = ("resnet50", "vgg16", "efficientnet_lite0")
@@ -169,6 +170,11 @@ class HHNConfig:
     ``decision``: how foreground is decided from the network and the query prior (:class:`DecisionRule`;
     the default is the network's argmax, as in the released code).
 
+    ``tag_prior``: the tag prior the model is used with, a name of ``hhn.priors.catalog.TAG_PRIORS``
+    (like ``decision``, an inference setting chosen on development episodes; training builds its
+    episodes' priors with ``coseg``). None: ``coseg``, or CLIP Grad-CAM in the app for a model that
+    reads CLIP text.
+
     Paper-mode switches (both False reproduce the released code, spec 1.9 and 1.10):
 
     - ``mask_support_features``: multiply every support feature map by the support mask (or prior),
@@ -191,6 +197,7 @@ class HHNConfig:
     mask_support_features: bool = False
     grad_through_fusion: bool = False
     decision: DecisionRule = field(default_factory=DecisionRule)
+    tag_prior: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -209,6 +216,9 @@ class HHNConfig:
             object.__setattr__(self, "sinkhorn", SinkhornSettings(**self.sinkhorn))
         if isinstance(self.decision, dict):
             object.__setattr__(self, "decision", DecisionRule(**self.decision))
+        if self.tag_prior is not None and self.tag_prior not in TAG_PRIORS:
+            raise UserError(f"config {self.name!r}: unknown tag_prior {self.tag_prior!r}; use one of "
+                            f"{', '.join(TAG_PRIORS)} or null")
         if "{}" not in self.text_template:
             raise UserError(f"config {self.name!r}: text_template must contain '{{}}' for the class name")
 

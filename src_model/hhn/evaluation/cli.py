@@ -27,14 +27,12 @@ def _progress(done: int, total: int) -> None:
         print(f"eval: {done}/{total} episodes", file=sys.stderr)
 
 
-def _build_prior(args, features, class_names):
-    if args.prior == "gradcam":
-        from hhn.priors.gradcam import GradCamPrior
-
-        return GradCamPrior.from_pretrained(vocabulary=class_names, device=args.device_obj)
-    from hhn.priors.coseg import CosegPrior
-
-    return CosegPrior(features=features)
+def _prior_name(args, scored) -> str:
+    """``--prior``, else the model's own ``tag_prior`` (method hhn), else ``coseg``."""
+    if args.prior is not None:
+        return args.prior
+    predictor = getattr(scored[0], "predictor", None)
+    return (predictor.config.tag_prior if predictor is not None else None) or "coseg"
 
 
 def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple[float, ...] | None,
@@ -99,11 +97,18 @@ def run_eval_cli(args) -> int:
     features = DenseFeatures(device=args.device_obj, cache_dir=args.cache_dir)
     scored = _build_methods(args, features, rules, trim, snap)
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
-    prior = _build_prior(args, features, dataset.classes) if uses_prior else None
+    prior_name = _prior_name(args, scored) if uses_prior else None
+    prior = None
+    if uses_prior:
+        from hhn.priors.catalog import build_tag_prior
+
+        prior = build_tag_prior(prior_name, device=args.device_obj, cache_dir=args.cache_dir,
+                                vocabulary=dataset.classes,
+                                reuse=lambda own: features if own.size == features.size else None)
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
                        progress=None if args.json else _progress)
     for method, result in zip(scored, results):
-        result.update(classes=list(sampler.classes), prior=args.prior if uses_prior else None,
+        result.update(classes=list(sampler.classes), prior=prior_name,
                       prior_positives=args.prior_positives, prior_negatives=args.prior_negatives,
                       negatives=args.negatives)
         if isinstance(getattr(method, "decision", None), DecisionRule):

@@ -4,6 +4,9 @@
 - ``coseg``: the CLIP-free co-segmentation prior on frozen EfficientNet-Lite0 features (offline default).
 - ``gradcam``: CLIP RN50 Grad-CAM of "a photo of a {class}" (needs CLIP weights).
 - ``features``: the dense backbone descriptors the co-segmentation prior and the MAP baseline share.
+- ``ensemble``: ``MeanPrior``, the mean of several priors' maps (e.g. one per input size).
+- ``catalog``: the named priors (``coseg``, ``coseg-ms``, ``gradcam``) and ``build_tag_prior``, which the
+  engine, ``wfss eval`` and ``wfss train`` build their prior with.
 """
 
 from hhn.priors.base import ClassPrior, TaggedImage, TagPrior, as_tagged

@@ -1,7 +1,8 @@
 """``wfss train``: train HHN heads on the base classes of a dataset, holding out the test classes.
 
 The run: build the model from a preset with the recipe's switches, encode every training image once
-(``FeatureBank``, cached in ``OUT/features.safetensors``), compute the tag priors
+(``FeatureBank``, cached in ``OUT/features.safetensors``), compute the tag priors (``coseg`` of
+``hhn.priors.catalog``, whatever the model's inference ``tag_prior``)
 once per (image, class) from a seeded gallery of other tagged images (``PriorBank``, the protocol of
 ``wfss eval``), then train on seeded 1-shot episodes of the training classes. Checkpoints go to ``OUT/last.*`` every 100 steps; ``--resume``
 continues a killed run; the final model is ``OUT/model.safetensors`` + ``OUT/model.json``.
@@ -26,8 +27,7 @@ def run_train_cli(args) -> int:
     from hhn.data.episodes import EpisodeSampler
     from hhn.device import select_device, set_cpu_threads
     from hhn.network import HHN
-    from hhn.priors.coseg import CosegPrior
-    from hhn.priors.features import DenseFeatures
+    from hhn.priors.catalog import build_tag_prior
     from hhn.training.banks import FeatureBank, TargetBank
     from hhn.training.loop import Trainer
     from hhn.training.priors import PriorBank
@@ -64,7 +64,7 @@ def run_train_cli(args) -> int:
     print(f"train: features of {len(names)} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     targets = TargetBank(dataset, config.image_size)
     t0 = time.perf_counter()
-    priors = PriorBank(dataset, CosegPrior(features=DenseFeatures(device=device)), config.geometry.head_size,
+    priors = PriorBank(dataset, build_tag_prior("coseg", device=device), config.geometry.head_size,
                        positives=args.prior_positives, negatives=args.prior_negatives, seed=args.seed)
     priors.load(out / "priors.npz")
     priors.fill(((n, c) for c in train_classes for n in dataset.images_with(c)),

@@ -1,0 +1,61 @@
+"""The named tag priors (settings as data): what ``wfss eval --prior``, a model's ``tag_prior`` and the
+proposal engine build.
+
+- ``coseg``: the co-segmentation prior (``hhn.priors.coseg``) on EfficientNet-Lite0 descriptors of the
+  image squashed to 320 x 320 (the prior the default model was trained with).
+- ``coseg-ms``: the same prior run on the image squashed to 320, 448 and 576 px, the three maps
+  averaged (``hhn.priors.ensemble.MeanPrior``): about six times the backbone work of ``coseg`` for a
+  better prior, most of all for small objects (MODEL_CARD.md measures it).
+- ``gradcam``: CLIP RN50 Grad-CAM of the class name (``hhn.priors.gradcam``; needs CLIP weights).
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hhn.priors.base import TagPrior
+    from hhn.priors.features import DenseFeatures
+
+
+#: co-segmentation prior variants: the square input sides in px (one prior per side, maps averaged)
+COSEG_PRIORS: dict[str, tuple[int, ...]] = {"coseg": (320,), "coseg-ms": (320, 448, 576)}
+
+#: every name :func:`build_tag_prior` accepts
+TAG_PRIORS: tuple[str, ...] = (*COSEG_PRIORS, "gradcam")
+
+
+def build_tag_prior(name: str, *, device: Any = "cpu", cache_dir: str | Path | None = None,
+                    vocabulary: Sequence[str] = (),
+                    reuse: Callable[[DenseFeatures], Callable | None] | None = None) -> TagPrior:
+    """The tag prior called ``name`` (see the module doc).
+
+    Args:
+        device: torch device of the backbone (or of CLIP).
+        cache_dir: on-disk tap cache of the co-segmentation priors (``DenseFeatures``).
+        vocabulary: the competing class names (``gradcam`` only).
+        reuse: given the ``DenseFeatures`` a co-segmentation prior would build, returns a callable that
+            gives the same descriptors more cheaply (e.g. from taps the network computed anyway), or None.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "gradcam":
+        from hhn.priors.gradcam import GradCamPrior
+
+        return GradCamPrior.from_pretrained(vocabulary=vocabulary, device=device)
+    if name not in COSEG_PRIORS:
+        raise ValueError(f"unknown tag prior {name!r}; use one of {', '.join(TAG_PRIORS)}")
+    from hhn.priors.coseg import CosegPrior
+    from hhn.priors.ensemble import MeanPrior
+    from hhn.priors.features import DenseFeatures
+
+    members = []
+    for size in COSEG_PRIORS[name]:
+        dense = DenseFeatures(size=size, device=device, cache_dir=cache_dir)
+        members.append(CosegPrior(features=(reuse(dense) if reuse is not None else None) or dense))
+    return members[0] if len(members) == 1 else MeanPrior(members)
