@@ -31,11 +31,14 @@ from pathlib import Path
 #: ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before the snap, ``hhn-v2``
 #: before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5, threshold 0.8, chosen on
 #: fold 0 alone, rejected by folds 1-2), kept so the record of what was tried stays reproducible.
+#: Every row runs with the single-scale ``coseg`` prior (the shipped model's) except the ``-ms`` rows, which
+#: use ``coseg-ms`` (three input sizes; chosen on development episodes, not shipped: see the model card).
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
            ("prior-trim", ("tags",)), ("prior-trim-snap", ("tags",)), ("map", ("tags", "masks")),
            ("map-trim", ("tags", "masks")), ("map-trim-snap", ("tags", "masks")),
            ("hhn", ("tags", "masks")), ("hhn-v3", ("tags", "masks")),
            ("hhn-v2", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("hhn-v1", ("tags", "masks")),
+           ("prior-ms", ("tags",)), ("prior-trim-snap-ms", ("tags",)), ("hhn-ms", ("tags", "masks")),
            ("all-fg", ("none",)))
 LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-at-rule": "(a') tag prior alone, at the rule's threshold (0.6)",
@@ -45,6 +48,9 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "map": "(b) masked average pooling, Lite0",
           "map-trim": "(b+) masked average pooling, trimmed like the rule (1/0.5/0)",
           "map-trim-snap": "(b++) masked average pooling, trimmed and snapped like the rule",
+          "prior-ms": "(a-ms) tag prior alone, coseg-ms (320 + 448 + 576 px), threshold 0.5",
+          "prior-trim-snap-ms": "(a++ms) tag prior alone, coseg-ms, threshold 0.5, trimmed and snapped like the rule",
+          "hhn-ms": "(c-ms) HHN + decision rule, coseg-ms prior (not shipped)",
           "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0, snap 0.06)",
           "hhn-v3": "(c') HHN + the rule without its snap (weight 0.5, threshold 0.6, trim 1/0.5/0)",
           "hhn-v2": "(c'') HHN + the rule without trim or snap (weight 0.5, threshold 0.6)",
@@ -52,7 +58,16 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "hhn-v1": "(c-v1) HHN + first rule (weight 0.5, threshold 0.8; rejected)",
           "all-fg": "(d) all pixels foreground"}
 MODEL_ROWS = ("hhn", "hhn-v3", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "prior-trim-snap", "hhn-v1",
-              "prior-at-0.8")
+              "prior-at-0.8", "hhn-ms", "prior-trim-snap-ms")
+
+
+#: the tag prior of a row (``wfss eval --prior``; every row names it, since a model's own default may differ)
+MS_ROWS = ("prior-ms", "prior-trim-snap-ms", "hhn-ms")
+
+
+def prior_of(row: str) -> str:
+    """The ``--prior`` of a row: ``coseg-ms`` for the ``-ms`` rows, else ``coseg``."""
+    return "coseg-ms" if row in MS_ROWS else "coseg"
 
 
 def trim_flag(trim) -> str:
@@ -78,6 +93,7 @@ def shipped_rule():
 def decision_args(row: str) -> list[str]:
     """The ``--decision`` flag of a model row (variations of :func:`shipped_rule`)."""
     rule = shipped_rule()
+    row = row.removesuffix("-ms")
     return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap),
                            "hhn-v3": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
                            "hhn-v2": rule_flag(rule.prior_weight, rule.threshold),
@@ -94,7 +110,8 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     (several decision rules scored on one network pass, one JSON line each); None when the fold has no
     model."""
     runs_model = rows[0] in MODEL_ROWS
-    method = "hhn" if runs_model else {"map-trim": "map", "map-trim-snap": "map"}.get(rows[0], rows[0])
+    method = "hhn" if runs_model else {"map-trim": "map", "map-trim-snap": "map",
+                                       "prior-ms": "prior"}.get(rows[0], rows[0])
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
            method, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
     if rows[0] in ("map-trim", "map-trim-snap"):  # the baseline with the shipped rule's trim (and snap)
@@ -108,6 +125,8 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
         cmd += ["--model", args.models[fold]]
         for row in rows:
             cmd += decision_args(row)
+    if rows[0] != "all-fg":
+        cmd += ["--prior", prior_of(rows[0])]
     if support != "none":
         cmd += ["--support", support]
     if rows[0] != "all-fg" and args.cache_dir:
@@ -138,9 +157,10 @@ def pending_jobs(args, fold: int, shots: int, done: dict) -> list[tuple[list[str
             if row in only and support in kinds and _key(fold, shots, support, row, args.episodes) not in done]
     jobs = [([row], support) for row, support in todo if row not in MODEL_ROWS]
     for support in ("tags", "masks"):
-        rows = [row for row, sup in todo if row in MODEL_ROWS and sup == support]
-        if rows:
-            jobs.append((rows, support))
+        for prior in ("coseg", "coseg-ms"):  # one network pass per support and prior
+            rows = [row for row, sup in todo if row in MODEL_ROWS and sup == support and prior_of(row) == prior]
+            if rows:
+                jobs.append((rows, support))
     return jobs
 
 
