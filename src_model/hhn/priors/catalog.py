@@ -4,8 +4,9 @@ proposal engine build.
 - ``coseg``: the co-segmentation prior (``hhn.priors.coseg``) on EfficientNet-Lite0 descriptors of the
   image squashed to 320 x 320 (the prior the default model was trained with).
 - ``coseg-ms``: the same prior run on the image squashed to 320, 448 and 576 px, the three maps
-  averaged (``hhn.priors.ensemble.MeanPrior``): about six times the backbone work of ``coseg`` for a
-  better prior, most of all for small objects (MODEL_CARD.md measures it).
+  averaged (``hhn.priors.ensemble.MeanPrior``): about six times the backbone work of ``coseg``; a
+  better prior on development episodes, a gain that did not carry over to the test cells
+  (MODEL_CARD.md, "A multi-scale tag prior"), so no shipped model uses it.
 - ``gradcam``: CLIP RN50 Grad-CAM of the class name (``hhn.priors.gradcam``; needs CLIP weights).
 
 Importing this module does not import torch.
