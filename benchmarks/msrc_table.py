@@ -61,13 +61,10 @@ MODEL_ROWS = ("hhn", "hhn-v3", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-t
               "prior-at-0.8", "hhn-ms", "prior-trim-snap-ms")
 
 
-#: the tag prior of a row (``wfss eval --prior``; every row names it, since a model's own default may differ)
-MS_ROWS = ("prior-ms", "prior-trim-snap-ms", "hhn-ms")
-
-
 def prior_of(row: str) -> str:
-    """The ``--prior`` of a row: ``coseg-ms`` for the ``-ms`` rows, else ``coseg``."""
-    return "coseg-ms" if row in MS_ROWS else "coseg"
+    """The ``wfss eval --prior`` of a row (every row names it: a model's own default may differ):
+    ``coseg-ms`` for the ``-ms`` rows (otherwise the row without the suffix), else ``coseg``."""
+    return "coseg-ms" if row.endswith("-ms") else "coseg"
 
 
 def trim_flag(trim) -> str:
@@ -110,8 +107,8 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     (several decision rules scored on one network pass, one JSON line each); None when the fold has no
     model."""
     runs_model = rows[0] in MODEL_ROWS
-    method = "hhn" if runs_model else {"map-trim": "map", "map-trim-snap": "map",
-                                       "prior-ms": "prior"}.get(rows[0], rows[0])
+    base = rows[0].removesuffix("-ms")
+    method = "hhn" if runs_model else {"map-trim": "map", "map-trim-snap": "map"}.get(base, base)
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
            method, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
     if rows[0] in ("map-trim", "map-trim-snap"):  # the baseline with the shipped rule's trim (and snap)

@@ -70,6 +70,7 @@ def run_eval_cli(args) -> int:
     from hhn.data.episodes import EpisodeSampler
     from hhn.device import select_device, set_cpu_threads
     from hhn.evaluation.runner import evaluate
+    from hhn.priors.catalog import build_tag_prior
     from hhn.priors.features import DenseFeatures
 
     if args.episodes < 1 or args.shots < 1:
@@ -98,13 +99,8 @@ def run_eval_cli(args) -> int:
     scored = _build_methods(args, features, rules, trim, snap)
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior_name = _prior_name(args, scored) if uses_prior else None
-    prior = None
-    if uses_prior:
-        from hhn.priors.catalog import build_tag_prior
-
-        prior = build_tag_prior(prior_name, device=args.device_obj, cache_dir=args.cache_dir,
-                                vocabulary=dataset.classes,
-                                reuse=lambda own: features if own.size == features.size else None)
+    prior = build_tag_prior(prior_name, device=args.device_obj, cache_dir=args.cache_dir, vocabulary=dataset.classes,
+                            reuse=lambda own: features if own.size == features.size else None) if uses_prior else None
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
                        progress=None if args.json else _progress)
     for method, result in zip(scored, results):
