@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from hhn.errors import UserError
 from hhn.priors.catalog import TAG_PRIORS
+from hhn.training.recipes import RECIPES
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -97,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--layout", default="auto", choices=("auto", "generic", "pascal", "coco"))
     p.add_argument("--preset", default="wfss-lite0", help="model/recipe preset (see `wfss weights --presets`)")
-    p.add_argument("--recipe", default="ours", choices=("paper", "ours", "ours-tags"),
-                   help="training recipe (ours-tags: ours with tag-prior supports only)")
+    p.add_argument("--recipe", default="ours", choices=tuple(RECIPES),
+                   help="training recipe (ours-tags: ours with tag-prior supports only; ours-prior-in-decoder: "
+                        "ours with the prior also fed to the decoder's first conv)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.safetensors")

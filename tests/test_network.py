@@ -333,6 +333,24 @@ def test_masking_support_features_makes_the_support_mask_matter():
     assert torch.equal(mask_wins[0], base[0])  # an explicit support mask replaces the prior
 
 
+def test_prior_in_decoder_feeds_the_prior_to_the_first_decoder_conv():
+    torch.manual_seed(0)
+    late = HHN(small("wfss-lite0")).eval()
+    early = HHN(small("wfss-lite0", prior_in_decoder=True)).eval()
+    assert late.decoder.coarse[0].weight.shape[1] == 128 and early.decoder.coarse[0].weight.shape[1] == 129
+    q, s, qp, sp = inputs(1, seed=3)
+    fused = torch.randn(1, 128, 8, 8)
+    with torch.no_grad():
+        for model in (late, early):
+            # the final 1x1 fusion sees the prior either way; zero it to isolate what the convs see
+            model.decoder.prior_fusion[0].weight[:, 2].zero_()
+        outputs = [(m.decoder(fused, qp), m.decoder(fused, 1 - qp)) for m in (late, early)]
+        assert torch.equal(*outputs[0])  # without the switch only the (now blind) fusion reads the prior
+        assert not torch.equal(*outputs[1])  # with it, the 3x3 convs read it
+        query, support = early(q, s, qp, sp, support_mask=sp)
+    assert query.shape == support.shape == (1, 2, *SMALL)
+
+
 def test_text_requirements():
     torch.manual_seed(0)
     q, s, qp, sp = inputs(1)

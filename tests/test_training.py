@@ -166,6 +166,9 @@ def test_recipes_differ_where_documented():
     tags_only = RECIPES["ours-tags"]
     assert tags_only.support_mask_prob == 0.0 and ours.support_mask_prob == 0.5
     assert replace(tags_only, name="ours", support_mask_prob=ours.support_mask_prob) == ours
+    in_decoder = RECIPES["ours-prior-in-decoder"]
+    assert in_decoder.apply_to(config).prior_in_decoder and not ours.apply_to(config).prior_in_decoder
+    assert replace(in_decoder, name="ours", prior_in_decoder=False) == ours
 
 
 def test_train_cli_offers_every_recipe():

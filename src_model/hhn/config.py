@@ -183,6 +183,13 @@ class HHNConfig:
     - ``grad_through_fusion``: compute the text maps and the HC fusion with autograd enabled, so the
       HA / HT / HC layers receive the segmentation-loss gradient. The released code wraps them in
       ``torch.no_grad()``, so only the 4D encoder, decoders and fusion head are trained by the loss.
+
+    Our architecture switch (False in every shipped preset and in the released model):
+
+    - ``prior_in_decoder``: the image's prior, resized to the stride-8 grid, is also concatenated to
+      the decoder's input, so its 3x3 convs see the prior's shape next to the fused features (the
+      released decoder sees the prior only in its final per-pixel 1x1 fusion). The first decoder
+      conv then takes 129 channels instead of 128, so checkpoints of the two kinds do not mix.
     """
 
     name: str
@@ -196,6 +203,7 @@ class HHNConfig:
     sinkhorn: SinkhornSettings = field(default_factory=SinkhornSettings)
     mask_support_features: bool = False
     grad_through_fusion: bool = False
+    prior_in_decoder: bool = False
     decision: DecisionRule = field(default_factory=DecisionRule)
     tag_prior: str | None = None
     description: str = ""

@@ -139,17 +139,24 @@ class MaskDecoder(nn.Module):
     """Decoder (spec 1.9): ``coarse`` (two 3x3 convs + ReLU) -> 2x bilinear upsample
     (align_corners=True) -> ``fine`` (3x3 conv + ReLU, 3x3 conv -> 2) -> ``prior_fusion`` on
     [logits; prior] (1x1 conv 3 -> 10, GELU, 1x1 conv 10 -> 2). The head is 2 x the input grid in
-    each dimension (the released code takes 2 x width for both, which only differs for non-square)."""
+    each dimension (the released code takes 2 x width for both, which only differs for non-square).
+    ``prior_in_input`` (``HHNConfig.prior_in_decoder``): ``coarse`` reads [fused; prior at the input
+    grid] (129 channels)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prior_in_input: bool = False) -> None:
         super().__init__()
-        self.coarse = nn.Sequential(nn.Conv2d(ENCODER_DIM, ENCODER_DIM, 3, padding=1), nn.ReLU(),
+        self.prior_in_input = prior_in_input
+        self.coarse = nn.Sequential(nn.Conv2d(ENCODER_DIM + prior_in_input, ENCODER_DIM, 3, padding=1), nn.ReLU(),
                                     nn.Conv2d(ENCODER_DIM, 64, 3, padding=1), nn.ReLU())
         self.fine = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 2, 3, padding=1))
         self.prior_fusion = nn.Sequential(nn.Conv2d(3, 10, 1), nn.GELU(), nn.Conv2d(10, 2, 1))
 
     def forward(self, fused: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """fused (B, 128, h8, w8), prior (B, H, W) in [0, 1] -> logits (B, 2, 2*h8, 2*w8), channel 1 = fg."""
+        if self.prior_in_input:
+            grid = F.interpolate(prior.unsqueeze(1).to(fused.dtype), fused.shape[-2:], mode="bilinear",
+                                 align_corners=True)
+            fused = torch.cat([fused, grid], dim=1)
         x = self.coarse(fused)
         head = (2 * x.shape[-2], 2 * x.shape[-1])
         logits = self.fine(F.interpolate(x, head, mode="bilinear", align_corners=True))
@@ -175,7 +182,7 @@ class HHN(nn.Module):
         self.aggregation = HeterogeneousAggregation(self.spec.projection_channels())
         self.transport = HeterogeneousTransport(geo.tokens, geo.grid8, config)
         self.text = TextMaps(geo.text_grid) if config.use_text else None
-        self.decoder = MaskDecoder()
+        self.decoder = MaskDecoder(config.prior_in_decoder)
 
     def train(self, mode: bool = True) -> HHN:
         """Set training mode for the heads; the backbone stays in eval mode (frozen BN statistics)."""

@@ -18,7 +18,11 @@ support weight         (unused)                                     true mask in
 augmentation           none                                         horizontal flip of features and targets
 =====================  ==========================================  ===========================================
 
-The backbone is frozen in both (its features are cached). The released code also lets AdamW and the
+Two variants of ``ours`` test one change each: ``ours-tags`` (the tag prior as the support weight in
+every episode) and ``ours-prior-in-decoder`` (the prior also fed to the decoder's first conv,
+``HHNConfig.prior_in_decoder``).
+
+The backbone is frozen in every recipe (its features are cached). The released code also lets AdamW and the
 norm term erode the backbone weights (spec 2.2); with cached features that defect cannot occur, so the
 ``paper`` recipe here reproduces the heads' optimisation only. This is documented, not hidden.
 """
@@ -49,11 +53,13 @@ class Recipe:
     support_loss_weight: float = 0.6
     grad_through_fusion: bool = True
     mask_support_features: bool = True
+    prior_in_decoder: bool = False
 
     def apply_to(self, config: HHNConfig) -> HHNConfig:
         """The model config with this recipe's architecture switches."""
         return replace(config, grad_through_fusion=self.grad_through_fusion,
-                       mask_support_features=self.mask_support_features)
+                       mask_support_features=self.mask_support_features,
+                       prior_in_decoder=self.prior_in_decoder)
 
 
 RECIPES = {
@@ -66,6 +72,9 @@ RECIPES = {
 #: ``ours`` with the tag prior as the support weight in every episode (never the true mask): the
 #: conditions of tag-only supports at test time, to measure whether matching them in training helps.
 RECIPES["ours-tags"] = replace(RECIPES["ours"], name="ours-tags", support_mask_prob=0.0)
+#: ``ours`` with the prior also fed to the decoder's first conv (``HHNConfig.prior_in_decoder``), to
+#: measure whether letting the decoder see the prior's shape helps it refine the prior.
+RECIPES["ours-prior-in-decoder"] = replace(RECIPES["ours"], name="ours-prior-in-decoder", prior_in_decoder=True)
 
 
 def get_recipe(name: str) -> Recipe:
