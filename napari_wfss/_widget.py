@@ -67,7 +67,7 @@ from napari_wfss._engine_process import (
     RunFinished,
 )
 from napari_wfss.classes import ClassTable
-from napari_wfss.engine import default_queries
+from napari_wfss.engine import declared_threshold, default_queries
 from napari_wfss.session import (
     ACCEPTED,
     DEFAULT_PROJECT_DIRNAME,
@@ -254,7 +254,9 @@ class WfssWidget(QWidget):
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 0.95)
         self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setSpecialValueText("model's")  # shown at 0.0: the model's decision rule
+        # shown at 0.0: the model's decision rule (its threshold, where the model's JSON declares it)
+        self.model_edit.editingFinished.connect(self._show_model_threshold)
+        self._show_model_threshold()
         self.threshold_spin.setToolTip("background where no class reaches this foreground score; higher: "
                                        "smaller, surer masks ('model's': the model's own threshold)")
         self.snap_check = QCheckBox("Snap to edges")
@@ -694,6 +696,11 @@ class WfssWidget(QWidget):
             self._show_labels()
 
     # ================================================================ proposals
+    def _show_model_threshold(self) -> None:
+        """Name the chosen model's own threshold in the threshold box's "model's" setting."""
+        threshold = declared_threshold(self.model_edit.text().strip() or "default")
+        self.threshold_spin.setSpecialValueText("model's" if threshold is None else f"model's ({threshold:.2f})")
+
     def _engine_options(self) -> dict[str, Any]:
         return {
             "project": str(self.session.project_dir),

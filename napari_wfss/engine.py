@@ -236,6 +236,19 @@ def is_preset_spec(model: str) -> bool:
     return model.startswith(PRESET_PREFIX) or model in list_presets()
 
 
+def declared_threshold(model: str) -> float | None:
+    """The foreground threshold of the decision rule that the model name ``model`` declares, read from its
+    preset or checkpoint JSON without importing torch; None where that is unknown before loading (a
+    single-file ``.pt`` checkpoint, a missing or invalid one: the run then reports the error)."""
+    from hhn.model_names import declared_config
+
+    try:
+        config = declared_config(model.removeprefix(PRESET_PREFIX))
+    except UserError:
+        return None
+    return None if config is None else config.decision.threshold
+
+
 class _Encodings:
     """Backbone taps per image (keyed by its pixels) for one phase of a run; cleared between phases.
 

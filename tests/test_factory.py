@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from hhn import factory
+from hhn import model_names
 from hhn.checkpoints import save_checkpoint
 from hhn.config import load_preset
 from hhn.errors import CheckpointError, UserError, WeightsNotFoundError
@@ -104,8 +104,8 @@ def test_default_is_looked_up_as_a_package_resource(saved, tmp_path, monkeypatch
     pkg = _fake_package(tmp_path, "wfss_fake_pkg", with_model=True)
     for f in folder.iterdir():
         (pkg / "models" / "default" / f.name).write_bytes(f.read_bytes())
-    monkeypatch.setattr(factory, "DEFAULT_PACKAGE", "wfss_fake_pkg")
-    assert factory.default_model_dir() == pkg / "models" / "default"
+    monkeypatch.setattr(model_names, "DEFAULT_PACKAGE", "wfss_fake_pkg")
+    assert model_names.default_model_dir() == pkg / "models" / "default"
     assert same_weights(model, create_model("default", pretrained=False, device="cpu"))
 
 
@@ -113,7 +113,7 @@ def test_default_absent_raises_weights_not_found(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     _fake_package(tmp_path, "wfss_fake_empty", with_model=False)
     for package in ("wfss_fake_empty", "wfss_not_installed"):
-        monkeypatch.setattr(factory, "DEFAULT_PACKAGE", package)
+        monkeypatch.setattr(model_names, "DEFAULT_PACKAGE", package)
         with pytest.raises(WeightsNotFoundError, match="default model is not part of this installation"):
             create_model("default")
 
@@ -127,7 +127,8 @@ def no_network(*args, **kwargs):
 socket.socket.connect = no_network
 socket.create_connection = no_network
 from hhn.checkpoints import read_checkpoint
-from hhn.factory import create_model, default_model_dir
+from hhn.factory import create_model
+from hhn.model_names import default_model_dir
 
 folder = default_model_dir()
 model = create_model("default", device="cpu")
@@ -143,7 +144,7 @@ def test_shipped_default_model_loads_with_no_network_and_no_hub_cache(tmp_path):
     import subprocess
     import sys
 
-    folder = factory.default_model_dir()
+    folder = model_names.default_model_dir()
     assert folder is not None, "napari_wfss/models/default/ is missing from this installation"
     sizes = {f.name: f.stat().st_size for f in folder.iterdir()}
     assert {"model.safetensors", "model.json"} <= set(sizes) and sizes["model.safetensors"] < 20 * 2**20, sizes
@@ -155,3 +156,37 @@ def test_shipped_default_model_loads_with_no_network_and_no_hub_cache(tmp_path):
     assert (backbone, source) == ("efficientnet_lite0", "pretrained")
     assert set(held_out.split(",")) == {"cow", "sheep", "cat", "dog", "bird"}  # never trained on (model card)
     assert not any((tmp_path / d).exists() for d in ("torch", "hf")), "the load wrote to a hub cache"
+
+
+DECLARED_CHECK = """
+import sys
+from hhn.model_names import declared_config
+
+rule = declared_config("default").decision
+print(rule.threshold, "torch" in sys.modules)
+"""
+
+
+def test_declared_config_reads_a_models_rule_without_building_it(saved, tmp_path):
+    """What the napari widget shows before a run: the config a name declares, from JSON only."""
+    import subprocess
+    import sys
+
+    from hhn.checkpoints import read_checkpoint
+
+    model, folder = saved
+    for name in (folder / "model.safetensors", str(folder / "model"), f"local-dir:{folder}", folder):
+        assert model_names.declared_config(name) == model.config, name
+    assert model_names.declared_config("tlg-resnet50-pascal") == load_preset("tlg-resnet50-pascal")
+    save_checkpoint(model, tmp_path / "single.pt", include_backbone=True)
+    assert model_names.declared_config(tmp_path / "single.pt") is None  # a torch file: known once loaded
+    (folder / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        model_names.declared_config(folder / "model.safetensors")
+    with pytest.raises(UserError, match="unknown model"):
+        model_names.declared_config("no-such-preset")
+
+    shipped = read_checkpoint(model_names.default_model_dir() / "model.json").config.decision
+    proc = subprocess.run([sys.executable, "-c", DECLARED_CHECK], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [str(shipped.threshold), "False"]

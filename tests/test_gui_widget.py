@@ -220,10 +220,21 @@ def test_the_widget_holds_its_project_against_other_writers(widget, sample_image
         assert other.writable
 
 
-def test_run_settings_reach_the_engine_options(widget, sample_images):
+def test_run_settings_reach_the_engine_options(widget, sample_images, tmp_path):
+    import json
+
+    from hhn.model_names import default_model_dir
+
     widget.open_folder(sample_images)
     options = widget._engine_options()
     assert options["threshold"] is None and options["snap"] is True  # the model's own rule
+    shipped = json.loads((default_model_dir() / "model.json").read_text())["config"]["decision"]["threshold"]
+    assert widget.threshold_spin.text() == f"model's ({shipped:.2f})"  # read before any run
+    widget.model_edit.setText("preset:tlg-resnet50-pascal")  # the released rule: argmax, 0.5
+    widget.model_edit.editingFinished.emit()
+    assert widget.threshold_spin.text() == "model's (0.50)"
+    widget.model_edit.setText(str(tmp_path / "absent.safetensors"))  # the run will say what is wrong
+    widget.model_edit.editingFinished.emit()
     assert widget.threshold_spin.text() == "model's"
     widget.threshold_spin.setValue(0.7)
     widget.snap_check.setChecked(False)

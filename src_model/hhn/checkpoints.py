@@ -32,18 +32,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from hhn.errors import CheckpointError, UserError
+from hhn.model_names import (
+    FORMAT,
+    FORMAT_VERSION,
+    TORCH_SUFFIXES,
+    checkpoint_files,
+    parse_header,
+    read_header,
+)
 
 if TYPE_CHECKING:
     from hhn.config import HHNConfig
 
-FORMAT = "napari-wfss-checkpoint"
-FORMAT_VERSION = 1
-TORCH_SUFFIXES = (".pt", ".pth")
 BACKBONE_PREFIX = "backbone."
 
 
@@ -65,13 +70,6 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------------------
 # Paths and atomic writes
 # ----------------------------------------------------------------------------------------------
-def checkpoint_files(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(tensor file, json file)`` of a checkpoint given as ``name``, ``name.safetensors`` or ``name.json``."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-
-
 def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it onto ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,28 +182,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                               "or corrupt: copy or re-create it") from exc
 
 
-def _parse_header(header: Any, where: Path) -> tuple[HHNConfig, str, dict]:
-    from hhn.config import HHNConfig
-
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        hint = ""
-        if isinstance(header, dict) and any(str(k).startswith("module.") for k in header):
-            hint = " It looks like an authors' TLG best_model.pt: convert it with `wfss convert-tlg SRC DST`."
-        raise CheckpointError(f"{where} is not a napari-wfss checkpoint (no '\"format\": \"{FORMAT}\"').{hint}")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{where} has checkpoint format version {version!r}; this napari-wfss reads "
-                              f"up to {FORMAT_VERSION}: upgrade napari-wfss")
-    try:
-        config = HHNConfig.from_dict(header["config"])
-    except (KeyError, TypeError, UserError) as exc:
-        raise CheckpointError(f"{where}: invalid model config: {exc}") from exc
-    source = header.get("backbone_weights", {}).get("source")
-    if source not in ("checkpoint", "pretrained"):
-        raise CheckpointError(f"{where}: backbone_weights.source must be 'checkpoint' or 'pretrained', not {source!r}")
-    return config, source, dict(header.get("metadata") or {})
-
-
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint (``name[.safetensors|.json]`` pair, or a ``.pt`` file) without building a model.
 
@@ -221,19 +197,14 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         except Exception as exc:  # noqa: BLE001 - any unpickling failure: not loadable safely
             raise CheckpointError(f"{path} cannot be read with torch.load(weights_only=True) ({exc}); only "
                                   "tensors and plain Python values are accepted") from exc
-        config, source, metadata = _parse_header(data, path)
+        config, source, metadata = parse_header(data, path)
         state = data.get("state_dict")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
         return Checkpoint(config, state, source, metadata, path)
     tensors, meta = checkpoint_files(path)
-    if not meta.is_file():
-        raise CheckpointError(f"checkpoint config {meta} not found (a checkpoint is {tensors.name} + {meta.name})")
-    try:
-        header = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta} is not valid JSON ({exc})") from exc
-    config, source, metadata = _parse_header(header, meta)
+    header = read_header(meta)
+    config, source, metadata = parse_header(header, meta)
     state = load_state_dict_file(tensors)
     expected = header.get("weights_sha256")
     if expected and _sha256(tensors) != expected:
