@@ -1,0 +1,20 @@
+"""The model card's MSRC tables are the ones rendered from the recorded ``wfss eval --json`` cells."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_model_card_tables_match_the_recorded_eval_cells():
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "msrc_table.py"), "--results",
+         str(ROOT / "benchmarks" / "results" / "msrc-table.jsonl"), "--render"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    tables = [t.strip() for t in rendered.strip().split("\n\n")]
+    card = (ROOT / "napari_wfss" / "models" / "default" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert len(tables) >= 2 and all(t.startswith("| ") for t in tables[:2])
+    for table in tables[:2]:  # the method table and the per-class table
+        assert table in card, table.splitlines()[0]
