@@ -696,15 +696,19 @@ class WfssWidget(QWidget):
             self._show_labels()
 
     # ================================================================ proposals
+    def _model_name(self) -> str:
+        """The Model field's name, ``"default"`` when it is empty."""
+        return self.model_edit.text().strip() or "default"
+
     def _show_model_threshold(self) -> None:
         """Name the chosen model's own threshold in the threshold box's "model's" setting."""
-        threshold = declared_threshold(self.model_edit.text().strip() or "default")
+        threshold = declared_threshold(self._model_name())
         self.threshold_spin.setSpecialValueText("model's" if threshold is None else f"model's ({threshold:.2f})")
 
     def _engine_options(self) -> dict[str, Any]:
         return {
             "project": str(self.session.project_dir),
-            "model": self.model_edit.text().strip() or "default",
+            "model": self._model_name(),
             "device": self.device_combo.currentText(),
             "shots": self.shots_spin.value(),
             "threshold": self.threshold_spin.value() or None,
@@ -732,7 +736,7 @@ class WfssWidget(QWidget):
         self._run_session = self.session
         run = EngineProcess(self._engine_options(), engine=self.engine_spec)
         self._run_holder["run"] = run
-        self._run_model = self.model_edit.text().strip() or "default"
+        self._run_model = self._model_name()
         self._run_count = 0
         self.progress_bar.setRange(0, len(targets))
         self.progress_bar.setValue(0)

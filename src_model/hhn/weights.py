@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 import torch
 
 from hhn.errors import PriorUnavailableError, WeightsNotFoundError
+from hhn.model_names import LOCAL_DIR_PREFIX
 
 ENV_WEIGHTS_DIR = "WFSS_WEIGHTS_DIR"
 OFFLINE_ENV_VARS = ("WFSS_OFFLINE", "HF_HUB_OFFLINE")
@@ -363,7 +364,6 @@ def load_backbone_weights(name: str, module: torch.nn.Module, verify: bool = Tru
 # ----------------------------------------------------------------------------------------------
 # CLIP (open_clip) weights
 # ----------------------------------------------------------------------------------------------
-LOCAL_DIR_PREFIX = "local-dir:"
 _CLIP_CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
