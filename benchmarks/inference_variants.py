@@ -99,10 +99,10 @@ class RefittedPrior(TagPrior):
 
 
 class Variant(HHNMethod):
-    """The shipped rule with refined support priors and/or the flipped query averaged in."""
+    """The shipped rule with refined support priors and/or the flipped query averaged in (at least one)."""
 
     def __init__(self, predictor: Predictor, refine: Refiner | None, flip: bool) -> None:
-        super().__init__(predictor, shared={})
+        super().__init__(predictor)
         self.refine, self.flip = refine, flip
         self.name = "hhn" + ("-support-refined" if refine else "") + ("-flip" if flip else "")
 
@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = [PriorOnly(features), PriorOnly(features, rule.trim, rule.snap)]
     names = ["prior", "prior-trim-snap"]
     if predictor is not None:
-        variants = [(None, False)] if args.refit_prior else [(None, False), (refine, False), (None, True), (refine, True)]
-        methods += [Variant(predictor, r, f) for r, f in variants]
+        methods.append(HHNMethod(predictor))  # row c, exactly as ``wfss eval`` scores it
+        if not args.refit_prior:
+            methods += [Variant(predictor, r, f) for r, f in ((refine, False), (None, True), (refine, True))]
         names += [m.name for m in methods[2:]]
     results = evaluate(dataset, sampler, methods, args.episodes, supervision="tags", prior=prior)
     for name, result in zip(names, results):
