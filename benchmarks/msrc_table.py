@@ -25,8 +25,9 @@ from pathlib import Path
 #: (row, supports it is defined for); all-fg ignores the support, so it runs once per fold and shots.
 #: The model rows differ in the decision rule only (``wfss eval --decision``): ``hhn`` uses the wfss-lite0
 #: preset's rule (network softmax blended with the query prior, thresholded, trimmed to the query's own
-#: appearance, snapped to its edges), ``hhn-argmax`` the network alone, ``prior-trim-snap`` /
-#: ``prior-trim`` the prior alone at 0.5 with the rule's trim and snap / trim only, and ``prior-at-rule``
+#: appearance, snapped to its edges), ``hhn-sr`` that rule with the tag supports refined the same way
+#: before they are encoded (a candidate, not shipped: see the model card), ``hhn-argmax`` the network
+#: alone, ``prior-trim-snap`` / ``prior-trim`` the prior alone at 0.5 with the rule's trim and snap / trim only, and ``prior-at-rule``
 #: without either (prior weight 1: the controls that tell what the network adds); ``map-trim-snap`` /
 #: ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before the snap, ``hhn-v2``
 #: before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5, threshold 0.8, chosen on
@@ -36,7 +37,7 @@ from pathlib import Path
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
            ("prior-trim", ("tags",)), ("prior-trim-snap", ("tags",)), ("map", ("tags", "masks")),
            ("map-trim", ("tags", "masks")), ("map-trim-snap", ("tags", "masks")),
-           ("hhn", ("tags", "masks")), ("hhn-v3", ("tags", "masks")),
+           ("hhn", ("tags", "masks")), ("hhn-sr", ("tags",)), ("hhn-v3", ("tags", "masks")),
            ("hhn-v2", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("hhn-v1", ("tags", "masks")),
            ("prior-ms", ("tags",)), ("prior-trim-snap-ms", ("tags",)), ("hhn-ms", ("tags", "masks")),
            ("all-fg", ("none",)))
@@ -52,13 +53,14 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-trim-snap-ms": "(a++ms) tag prior alone, coseg-ms, threshold 0.5, trimmed and snapped like the rule",
           "hhn-ms": "(c-ms) HHN + decision rule, coseg-ms prior (not shipped)",
           "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0, snap 0.06)",
+          "hhn-sr": "(c-sr) HHN + decision rule, tag supports refined like the query's mask (candidate, not shipped)",
           "hhn-v3": "(c') HHN + the rule without its snap (weight 0.5, threshold 0.6, trim 1/0.5/0)",
           "hhn-v2": "(c'') HHN + the rule without trim or snap (weight 0.5, threshold 0.6)",
           "hhn-argmax": "(c''') HHN network alone (argmax)",
           "hhn-v1": "(c-v1) HHN + first rule (weight 0.5, threshold 0.8; rejected)",
           "all-fg": "(d) all pixels foreground"}
-MODEL_ROWS = ("hhn", "hhn-v3", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "prior-trim-snap", "hhn-v1",
-              "prior-at-0.8", "hhn-ms", "prior-trim-snap-ms")
+MODEL_ROWS = ("hhn", "hhn-sr", "hhn-v3", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "prior-trim-snap",
+              "hhn-v1", "prior-at-0.8", "hhn-ms", "prior-trim-snap-ms")
 
 
 def prior_of(row: str) -> str:
@@ -72,12 +74,14 @@ def trim_flag(trim) -> str:
     return "/".join(f"{w:g}" for w in trim)
 
 
-def rule_flag(weight: float, threshold: float, trim=None, snap=None) -> str:
-    """A ``--decision`` value: ``W,T`` then ``,trim:A/B/C`` and ``,snap:BAND`` when given."""
+def rule_flag(weight: float, threshold: float, trim=None, snap=None, refined: bool = False) -> str:
+    """A ``--decision`` value: ``W,T`` then ``,trim:A/B/C``, ``,snap:BAND`` and ``,supports:refined`` when given."""
     text = f"{weight:g},{threshold:g}"
     if trim is not None:
         text += f",trim:{trim_flag(trim)}"
-    return text if snap is None else f"{text},snap:{snap:g}"
+    if snap is not None:
+        text += f",snap:{snap:g}"
+    return f"{text},supports:refined" if refined else text
 
 
 def shipped_rule():
@@ -92,6 +96,7 @@ def decision_args(row: str) -> list[str]:
     rule = shipped_rule()
     row = row.removesuffix("-ms")
     return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap),
+                           "hhn-sr": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap, True),
                            "hhn-v3": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
                            "hhn-v2": rule_flag(rule.prior_weight, rule.threshold),
                            "hhn-argmax": "argmax",

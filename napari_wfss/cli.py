@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "rule's own)")
     p.add_argument("--decision", default=None, metavar="RULE",
                    help="override the model's decision rule, as in `wfss eval --decision`: 'argmax' or "
-                        "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND], e.g. 0.5,0.6,trim:1/0.5/0 "
+                        "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND][,supports:refined], e.g. 0.5,0.6,trim:1/0.5/0 "
                         "(default: the model's rule)")
     p.add_argument("--no-snap", dest="snap", action="store_false",
                    help="leave out the rule's snap to the image's colour edges (GrabCut), e.g. for images "
@@ -124,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hhn's foreground decision: 'argmax' (the network alone), PRIOR_WEIGHT,THRESHOLD "
                         "(blend with the query prior, then threshold), optionally followed by ,trim:A/B/C "
                         "(trim to the query's own appearance, tap weights A/B/C) and/or ,snap:BAND (snap to the "
-                        "image's edges with GrabCut, band as a fraction of the diagonal), e.g. "
+                        "image's edges with GrabCut, band as a fraction of the diagonal) and ,supports:refined "
+                        "(tag supports refined with those steps before encoding), e.g. "
                         "0.5,0.6,trim:1/0.5/0,snap:0.06 (default: the model's rule); repeat it "
-                        "to score several rules on one network pass (one JSON line each)")
+                        "to score several rules on one network pass (one JSON line each; rules that encode "
+                        "the supports differently take a pass each)")
     p.add_argument("--trim", default=None, metavar="A/B/C",
                    help="prior / map only: trim the mask to the query's own appearance with these tap weights "
                         "(the control for a model rule's trim, e.g. 1/0.5/0)")

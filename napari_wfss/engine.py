@@ -12,7 +12,8 @@ One run (:meth:`Engine.propose`):
 2. **Supports, once per class.** The class's tag prior (an ``hhn.priors`` ``TagPrior``) is fitted
    on its positives and negatives; positives the user painted ``c`` in carry ``user mask == c``
    (``TaggedImage.mask``), which the prior trusts. A support's mask is that user mask where there
-   is one, else the fitted prior's map of the image. Every gallery image is decoded once and run
+   is one, else the fitted prior's map of the image (refined first when the rule says so:
+   ``Predictor.support_map``). Every gallery image is decoded once and run
    through the network's backbone at most once per run, however many classes it serves (the
    co-segmentation prior reads the same taps when they are the ones it expects), and
    ``Predictor.encode_support`` is called once per class.
@@ -461,7 +462,8 @@ class Engine:
         images, masks = [], []
         for rel in (r for r in plan.supports if r in positives):
             images.append(self._encodings(positives[rel].pixels))
-            masks.append(prior(positives[rel]))  # the user's mask where there is one, else the prior's map
+            mask = prior(positives[rel])  # the user's mask where there is one, else the prior's map
+            masks.append(mask if positives[rel].mask is not None else predictor.support_map(images[-1], mask))
         support = predictor.encode_support(images, masks, text=self._class_text(plan.name))
         return prior, support
 

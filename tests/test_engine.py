@@ -212,6 +212,24 @@ def test_accepted_mask_becomes_a_pixel_support(session, spied_predictor):
     np.testing.assert_array_equal(masks_a[1], red(session.read_image("a0.png")))
 
 
+def test_a_refining_rule_refines_tagged_supports_and_leaves_user_masks(session, spied_predictor):
+    predictor, calls = spied_predictor
+    predictor.decision = dataclasses.replace(predictor.decision, refine_supports=True)
+    a = session.classes.get("a").id
+    painted = np.zeros((H, W), np.uint8)
+    painted[2:10, 3:9] = a
+    session.accept("q0.png", painted)
+    def dim_red(pixels):  # a soft prior: 0.8 on the red square
+        return 0.8 * red(pixels)
+
+    list(Engine(predictor, shots=2, prior=MapPrior(defaultdict(lambda: dim_red))).propose(session, images=["q3.png"]))
+    masks_a = calls.supports[0]
+    np.testing.assert_array_equal(masks_a[0], (painted == a).astype(np.float32))  # the user's mask as it is
+    a0 = session.read_image("a0.png")
+    np.testing.assert_array_equal(masks_a[1], predictor.support_map(a0, dim_red(a0)))
+    np.testing.assert_array_equal(masks_a[1], red(a0))  # thresholded to {0, 1}; the square's edges hold
+
+
 def test_prior_is_fitted_once_per_class_with_user_masks_trusted(session):
     a = session.classes.get("a").id
     painted = np.zeros((H, W), np.uint8)
@@ -260,6 +278,9 @@ class FakePredictor:
 
     def encode_support(self, images, masks, text=None):
         return SimpleNamespace(shots=len(images))
+
+    def support_map(self, image, prior, rule=None):
+        return prior
 
     def predict_batch(self, queries, support, priors):
         return [SimpleNamespace(fg_prob=p.astype(np.float32)) for p in priors]

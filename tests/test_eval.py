@@ -98,12 +98,18 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     code = main(["eval", "--data", str(synth), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
                  "--device", "cpu", "--json", "--cache-dir", feature_cache, "--method", "hhn", "--model", tiny_model,
                  "--decision", "1,0.5", "--decision", "argmax", "--decision", "1,0.5,trim:1/0.5/0",
-                 "--decision", "1,0.5,snap:0.06,trim:1/0.5/0", *args])
+                 "--decision", "1,0.5,snap:0.06,trim:1/0.5/0", "--decision", "0,0.5,snap:0.06,supports:refined",
+                 *args])
     assert code == 0
-    only_prior, network, trimmed, snapped = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": None, "snap": None}
-    assert trimmed["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": None}
-    assert snapped["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": 0.06}
+    only_prior, network, trimmed, snapped, refined = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": None, "snap": None,
+                                      "refine_supports": False}
+    assert trimmed["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": None,
+                                   "refine_supports": False}
+    assert snapped["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": 0.06,
+                                   "refine_supports": False}
+    assert refined["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None, "snap": 0.06,
+                                   "refine_supports": True}
     for c in prior["per_class"]:  # the trim only removes foreground: never more recall than the prior
         assert trimmed["recall"][c] <= only_prior["recall"][c] + 1e-9
     assert snapped["per_class"] != trimmed["per_class"]  # the snap changed masks
@@ -111,13 +117,13 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     alone = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
                   cache=feature_cache)
     assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None,
-                                                        "snap": None}
+                                                        "snap": None, "refine_supports": False}
     assert network["per_class"] == alone["per_class"]  # the shared pass scores like a run of its own
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                  "--decision", "0.5"]) == 2
     assert "decision rule must be" in capsys.readouterr().err
     for bad in ("1,0.5,1/0/0", "1,0.5,trim:1/0", "1,0.5,snap:x", "1,0.5,snap:0.7", "1,0.5,blur:2",
-                "1,0.5,snap:0.1,snap:0.2"):
+                "1,0.5,snap:0.1,snap:0.2", "1,0.5,supports:maybe"):
         assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                      "--decision", bad]) == 2
         err = capsys.readouterr().err

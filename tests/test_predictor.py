@@ -92,7 +92,8 @@ def test_decision_rule_blends_the_prior_and_thresholds_each_shot(lite):
 def test_decision_rule_is_validated_and_round_trips():
     from hhn.config import HHNConfig
 
-    for rule in (DecisionRule(0.5, 0.8), DecisionRule(0.5, 0.8, [1, 0.5, 0]), DecisionRule(0.5, 0.6, None, 0.06)):
+    for rule in (DecisionRule(0.5, 0.8), DecisionRule(0.5, 0.8, [1, 0.5, 0]), DecisionRule(0.5, 0.6, None, 0.06),
+                 DecisionRule(0.5, 0.6, None, 0.06, True)):
         config = dataclasses.replace(load_preset("wfss-lite0"), decision=rule)
         assert HHNConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert DecisionRule(0.5, 0.8, [1, 0.5, 0]).trim == (1.0, 0.5, 0.0)
@@ -111,6 +112,9 @@ def test_decision_rule_is_validated_and_round_trips():
     for bad in (("x", 0.5), (0.5, None), (0.5, 0.5, "abc"), (0.5, 0.5, None, "wide"), (0.5, 0.5, 3)):
         with pytest.raises(UserError, match="decision rule needs numbers"):  # e.g. a hand-edited model.json
             DecisionRule(*bad)
+    for bad in ("yes", 1, None):
+        with pytest.raises(UserError, match="refine_supports must be true or false"):
+            DecisionRule(0.5, 0.6, refine_supports=bad)
 
 
 def test_encoded_images_are_reusable_and_equivalent(lite):

@@ -119,3 +119,67 @@ def test_predictor_rule_with_snap_equals_the_hand_applied_snap():
     np.testing.assert_array_equal(snapped.mask, snap_to_edges(query, plain.mask, 0.06))
     np.testing.assert_array_equal(snapped.fg_prob, np.where(snapped.mask, np.maximum(plain.fg_prob, 0.5), 0.0))
     assert _iou(snapped.mask, disk) > 0.95 > _iou(plain.mask, disk) + 0.1
+
+
+def _lite0_predictor(rule=None):
+    from hhn.config import load_preset
+    from hhn.network import HHN
+    from hhn.predictor import Predictor
+
+    torch.manual_seed(0)
+    return Predictor(HHN(load_preset("wfss-lite0")), device="cpu", decision=rule)
+
+
+def test_support_map_refines_a_tag_prior_only_when_the_rule_says_so():
+    from hhn.config import DecisionRule
+
+    image, disk = _disk_scene()
+    blob = ndimage.binary_dilation(disk, iterations=10)
+    prior = np.where(blob, 0.8, 0.1).astype(np.float32)
+    plain = _lite0_predictor(DecisionRule(0.5, 0.6, snap=0.06))
+    np.testing.assert_array_equal(plain.support_map(image, prior), prior)
+    refining = _lite0_predictor(DecisionRule(0.5, 0.6, snap=0.06, refine_supports=True))
+    refined = refining.support_map(image, prior)
+    assert refined.dtype == np.float32 and set(np.unique(refined)) == {0.0, 1.0}
+    np.testing.assert_array_equal(refined.astype(bool), snap_to_edges(image, blob, 0.06))  # threshold 0.5, snap
+    assert _iou(refined.astype(bool), disk) > 0.95 > _iou(blob, disk) + 0.1
+    # a rule given to the call wins over the predictor's
+    np.testing.assert_array_equal(refining.support_map(image, prior, DecisionRule()), prior)
+
+
+def test_support_map_keeps_a_prior_that_refining_would_empty():
+    from hhn.config import DecisionRule
+
+    image, _ = _disk_scene()
+    faint = np.full(image.shape[:2], 0.3, np.float32)  # nothing above 0.5
+    predictor = _lite0_predictor(DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06, refine_supports=True))
+    np.testing.assert_array_equal(predictor.support_map(image, faint), faint)
+
+
+def test_eval_method_encodes_refined_tag_supports_and_shares_passes_between_alike_rules():
+    from hhn.config import DecisionRule
+    from hhn.evaluation.methods import HHNMethod, MethodInputs
+
+    image, disk = _disk_scene()
+    prior = np.where(ndimage.binary_dilation(disk, iterations=10), 0.8, 0.1).astype(np.float32)
+    predictor = _lite0_predictor()
+    calls = []
+    real = predictor.logits_batch
+    predictor.logits_batch = lambda *a, **k: calls.append(a[1].masks.clone()) or real(*a, **k)
+    base = DecisionRule(0.5, 0.6, snap=0.06)
+    rules = [base, DecisionRule(0.5, 0.7, snap=0.06), DecisionRule(0.5, 0.6, snap=0.06, refine_supports=True),
+             DecisionRule(0.5, 0.7, snap=0.06, refine_supports=True), DecisionRule(0.5, 0.6, snap=0.03, refine_supports=True)]
+    shared: dict = {}
+    methods = [HHNMethod(predictor, decision=r, shared=shared) for r in rules]
+    tags = MethodInputs("cow", image, [image], [prior], prior)
+    masks = [m.predict(tags) for m in methods]
+    assert len(calls) == 3  # rules that encode the supports alike share a pass: prior / refined at 0.06 / at 0.03
+    assert torch.equal(calls[0][0], predictor._network_map(prior)[0])
+    refined = predictor._network_map(predictor.support_map(image, prior, rules[2]))[0]
+    assert torch.equal(calls[1][0], refined) and not torch.equal(calls[0], calls[1])
+    assert torch.equal(calls[2][0], predictor._network_map(predictor.support_map(image, prior, rules[4]))[0])
+    assert all(m.shape == disk.shape and m.dtype == bool for m in masks)
+    with_masks = MethodInputs("cow", image, [image], [disk.astype(np.uint8)], prior)
+    for m in methods:
+        m.predict(with_masks)
+    assert len(calls) == 4  # a pixel-mask support is never refined: one pass for every rule

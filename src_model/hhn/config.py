@@ -50,8 +50,11 @@ class DecisionRule:
     foreground score set to 0 where a pixel is trimmed away. With ``snap`` (a band, as a fraction of
     the image diagonal, e.g. 0.06), the mask is then snapped to the image's colour edges
     (:func:`hhn.refine.snap_to_edges`, GrabCut): the score is set to 0 where a pixel leaves the mask
-    and raised to ``threshold`` where one joins it. The default (0, 0.5, no trim, no snap) is the
-    network's own argmax, as in the released code. A trained model may carry another rule, chosen on
+    and raised to ``threshold`` where one joins it. With ``refine_supports``, a support known by its
+    tags only is refined the same way before it is encoded: its prior thresholded at 0.5, trimmed and
+    snapped with the rule's steps on the support's own pixels (:meth:`hhn.predictor.Predictor.support_map`);
+    supports with a pixel mask are used as they are. The default (0, 0.5, no trim, no snap, supports
+    as given) is the network's own argmax, as in the released code. A trained model may carry another rule, chosen on
     development episodes and stored with its config (``wfss-lite0``: see MODEL_CARD.md).
     """
 
@@ -59,8 +62,11 @@ class DecisionRule:
     threshold: float = 0.5
     trim: tuple[float, ...] | None = None
     snap: float | None = None
+    refine_supports: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.refine_supports, bool):
+            raise UserError(f"decision rule refine_supports must be true or false, got {self.refine_supports!r}")
         try:  # a hand-edited model.json may hold anything
             object.__setattr__(self, "prior_weight", float(self.prior_weight))
             object.__setattr__(self, "threshold", float(self.threshold))
@@ -101,22 +107,24 @@ def parse_trim_weights(text: str) -> tuple[float, ...]:
 def parse_decision_rule(text: str) -> DecisionRule:
     """A rule written on a command line: ``argmax`` (the network alone), or ``W,T`` (prior weight,
     threshold) optionally followed by ``,trim:A/B/C`` (trim to the query's own appearance with tap
-    weights A, B, C) and/or ``,snap:BAND`` (snap to the image's edges); the trim always runs first
-    (``hhn.refine``). Raises ``UserError`` with the expected form."""
+    weights A, B, C), ``,snap:BAND`` (snap to the image's edges) and ``,supports:refined`` (tag
+    supports refined with those steps before encoding; ``supports:prior``, the default, leaves them);
+    the trim always runs first (``hhn.refine``). Raises ``UserError`` with the expected form."""
     if text == "argmax":
         return DecisionRule()
     parts = text.split(",")
     try:
         steps = dict(part.split(":", 1) for part in parts[2:])
-        if len(parts) < 2 or set(steps) - {"trim", "snap"} or len(steps) != len(parts) - 2:
+        if (len(parts) < 2 or set(steps) - {"trim", "snap", "supports"} or len(steps) != len(parts) - 2
+                or steps.get("supports", "prior") not in ("prior", "refined")):
             raise ValueError
         trim = parse_trim_weights(steps["trim"]) if "trim" in steps else None
         snap = float(steps["snap"]) if "snap" in steps else None
-        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap)
+        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap, steps.get("supports") == "refined")
     except ValueError:
         raise UserError(f"a decision rule must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), optionally "
-                        f"followed by ,trim:A/B/C and ,snap:BAND (e.g. 0.5,0.6,trim:1/0.5/0,snap:0.06), "
-                        f"got {text!r}") from None
+                        f"followed by ,trim:A/B/C, ,snap:BAND and ,supports:refined (e.g. "
+                        f"0.5,0.6,trim:1/0.5/0,snap:0.06), got {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
 from hhn.preprocess import resize_mask, to_network_input
+from hhn.priors.base import ClassPrior
 from hhn.priors.features import descriptors_from_taps
 from hhn.refine import own_appearance_keep, snap_to_edges
 
@@ -178,6 +179,26 @@ class Predictor:
                                            .reshape(1, -1) for t in text))
         return SupportSet(feats, torch.cat(maps, dim=0), embeddings, self.config.name)
 
+    def support_map(self, image: np.ndarray | EncodedImage, prior: np.ndarray,
+                    rule: DecisionRule | None = None) -> np.ndarray:
+        """The map a support known by its tags only is encoded with, under ``rule`` (default: the
+        predictor's): its tag prior (float (H, W) in [0, 1]) as it is, or, when the rule has
+        ``refine_supports``, the prior thresholded at ``ClassPrior.threshold`` (0.5), trimmed and snapped
+        with the rule's steps on the support's own pixels and taps, as float32 {0, 1}. When that leaves
+        no pixel, the prior is kept. Supports with a pixel mask skip this: their mask is used as it is."""
+        rule = self.decision if rule is None else rule
+        encoded = self._encoded(image)
+        prior = _check_map(prior, encoded.original_size, "support prior")
+        if not rule.refine_supports:
+            return prior
+        mask = torch.from_numpy(prior > ClassPrior.threshold).to(self.device)
+        if rule.trim is not None:
+            mask = self._trim(mask, encoded, rule.trim)
+        refined = mask.cpu().numpy()
+        if rule.snap is not None:
+            refined = snap_to_edges(encoded.pixels, refined, rule.snap)
+        return refined.astype(np.float32) if refined.any() else prior
+
     # ------------------------------------------------------------------ prediction
     def predict(self, query: np.ndarray | EncodedImage, support: SupportSet,
                 query_prior: np.ndarray) -> Prediction:
@@ -239,13 +260,18 @@ class Predictor:
             prob_sum = prob if prob_sum is None else prob_sum + prob
         mask = vote_kshot(torch.stack(labels).unsqueeze(0))[0]
         fg_prob = prob_sum / shot_logits.shape[0]
-        if rule.trim is not None:
-            taps = [scored.query.features[i][0] for i in self.model.spec.support_taps]
-            keep = own_appearance_keep(mask, descriptors_from_taps(taps, rule.trim))
+        if rule.trim is not None:  # pixels trimmed away score 0
+            keep = self._trim(mask, scored.query, rule.trim)
             fg_prob = torch.where(keep | ~mask, fg_prob, torch.zeros_like(fg_prob))
             mask = keep
-        if rule.snap is not None:
+        if rule.snap is not None:  # pixels that leave score 0, pixels that join score the threshold
             snapped = torch.from_numpy(snap_to_edges(scored.query.pixels, mask.cpu().numpy(), rule.snap))
             mask = snapped.to(fg_prob.device)
             fg_prob = torch.where(mask, fg_prob.clamp(min=rule.threshold), torch.zeros_like(fg_prob))
         return Prediction(fg_prob=fg_prob.float().cpu().numpy(), mask=mask.cpu().numpy())
+
+    def _trim(self, mask: torch.Tensor, image: EncodedImage, weights: tuple[float, ...]) -> torch.Tensor:
+        """bool (H, W) mask of ``image`` -> the pixels of it that look like its inside, on the image's own
+        taps with the trim's tap ``weights`` (:func:`hhn.refine.own_appearance_keep`)."""
+        taps = [image.features[i][0] for i in self.model.spec.support_taps]
+        return own_appearance_keep(mask, descriptors_from_taps(taps, weights))

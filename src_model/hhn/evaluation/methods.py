@@ -119,7 +119,8 @@ class MaskedAveragePooling(_Refinable):
 
 
 class HHNMethod(Method):
-    """The network: supports (masks or priors as float maps) and the query prior through a ``Predictor``.
+    """The network: supports (masks, or priors through ``Predictor.support_map``) and the query prior
+    through a ``Predictor``.
 
     Args:
         predictor: an ``hhn.predictor.Predictor``.
@@ -127,7 +128,8 @@ class HHNMethod(Method):
             that use CLIP text; None otherwise.
         decision: the ``hhn.config.DecisionRule`` to score (default: the predictor's).
         shared: a dict shared by several ``HHNMethod`` on one predictor (different rules): the network then
-            runs once per episode for all of them.
+            runs once per episode for all of them that encode the supports alike (``refine_supports`` and,
+            with it, the same trim and snap).
     """
 
     name = "hhn"
@@ -140,9 +142,15 @@ class HHNMethod(Method):
 
     def predict(self, inputs: MethodInputs) -> np.ndarray:
         if self._shared.get("inputs") is not inputs:  # holding the inputs keeps their identity unique
-            masks = [binary_to_float(m) if m.dtype == np.uint8 else m for m in inputs.support_masks]
+            self._shared.clear()
+            self._shared["inputs"] = inputs
+        refine = self.decision.refine_supports and any(m.dtype != np.uint8 for m in inputs.support_masks)
+        encoding = ("refined", self.decision.trim, self.decision.snap) if refine else "as given"
+        if encoding not in self._shared:  # one network pass per episode and way of encoding the supports
+            images = [self.predictor.encode_image(im) for im in inputs.support_images]
+            masks = [binary_to_float(m) if m.dtype == np.uint8  # a pixel mask, used as it is
+                     else self.predictor.support_map(e, m, self.decision) for e, m in zip(images, inputs.support_masks)]
             text = self.text(inputs.class_name) if self.text is not None else None
-            support = self.predictor.encode_support(inputs.support_images, masks, text=text)
-            scored, = self.predictor.logits_batch([inputs.query_image], support, [inputs.query_prior])
-            self._shared.update(inputs=inputs, scored=scored)
-        return self.predictor.decide(self._shared["scored"], self.decision).mask
+            support = self.predictor.encode_support(images, masks, text=text)
+            self._shared[encoding], = self.predictor.logits_batch([inputs.query_image], support, [inputs.query_prior])
+        return self.predictor.decide(self._shared[encoding], self.decision).mask
