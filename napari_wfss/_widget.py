@@ -267,7 +267,13 @@ class WfssWidget(QWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Shots", self.shots_spin)
         form.addRow("Threshold", self.threshold_spin)
+        self.refine_check = QCheckBox("Refine tagged supports")
+        self.refine_check.setToolTip("refine each tagged image's prior like a mask (trim, snap) before it serves "
+                                     "as a support: helps objects of one appearance (animals, cells), can cut "
+                                     "parts off objects made of unlike parts (signs, buildings); off: the "
+                                     "model's rule")
         form.addRow("", self.snap_check)
+        form.addRow("", self.refine_check)
         inner.addLayout(form)
         row = QHBoxLayout()
         self.propose_button = QPushButton("Propose untagged images")
@@ -713,6 +719,7 @@ class WfssWidget(QWidget):
             "shots": self.shots_spin.value(),
             "threshold": self.threshold_spin.value() or None,
             "snap": self.snap_check.isChecked(),
+            "refine_supports": True if self.refine_check.isChecked() else None,
         }
 
     def propose(self) -> None:

@@ -264,7 +264,8 @@ def run_label_cli(args) -> int:
     """``wfss label``: build the engine from the flags, label, print the summary; returns the exit status."""
     decision = parse_decision_rule(args.decision) if args.decision else None
     engine = Engine(model=args.model, device=args.device, shots=args.shots, batch_size=args.batch_size,
-                    threshold=args.threshold, decision=decision, snap=args.snap)
+                    threshold=args.threshold, decision=decision, snap=args.snap,
+                    refine_supports=args.refine_supports)
     summary = label_folder(args.folder, args.tags, args.out, engine, tiff=args.tiff)
     print(summary.text())
     return summary.exit_code

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-snap", dest="snap", action="store_false",
                    help="leave out the rule's snap to the image's colour edges (GrabCut), e.g. for images "
                         "whose colour edges do not follow the objects")
+    p.add_argument("--refine-supports", action="store_true", default=None,
+                   help="refine each tagged support's prior like a mask (threshold, trim, snap) before it is "
+                        "used: helped objects of one appearance (animals) and hurt objects made of unlike parts "
+                        "(signs, buildings) on MSRC; see the model card (default: the model's rule)")
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
     _add_device(p)
     p.set_defaults(run="napari_wfss.batch:run_label_cli")

@@ -311,6 +311,9 @@ class Engine:
             ``fg_prob``; default (None): the model's own rule.
         snap: False drops the rule's snap to the image's colour edges (GrabCut), e.g. for images whose
             colour edges do not follow the objects; True keeps the rule as it is.
+        refine_supports: True refines each support known by its tags only (its prior thresholded,
+            trimmed and snapped with the rule's steps) before it is encoded, False never does, None
+            (default) follows the rule (``DecisionRule.refine_supports``; the default model's: no).
         prior: the ``hhn.priors`` ``TagPrior`` fitted per class; default :meth:`default_prior`.
         model_name: the name stored with each proposal; default derived from ``model``.
 
@@ -328,6 +331,7 @@ class Engine:
         model_name: str | None = None,
         decision: Any = None,
         snap: bool = True,
+        refine_supports: bool | None = None,
     ) -> None:
         if shots < 1 or batch_size < 1:
             raise EngineError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
@@ -340,6 +344,7 @@ class Engine:
         self._threshold = None if threshold is None else float(threshold)
         self._decision = decision
         self._snap = bool(snap)
+        self._refine_supports = None if refine_supports is None else bool(refine_supports)
         self._prior = prior
         self._model_name = model_name
         self._predictor: Predictor | None = None
@@ -378,7 +383,7 @@ class Engine:
 
             model = self.model_spec
             if hasattr(model, "encode_support"):  # a ready predictor
-                if self._decision is not None or not self._snap:
+                if self._decision is not None or not self._snap or self._refine_supports is not None:
                     raise EngineError("give the decision rule to the Predictor itself, not to the Engine")
                 self._predictor = model
                 return model
@@ -390,6 +395,8 @@ class Engine:
             decision = self._decision if self._decision is not None else model.config.decision
             if not self._snap:
                 decision = dataclasses.replace(decision, snap=None)
+            if self._refine_supports is not None:
+                decision = dataclasses.replace(decision, refine_supports=self._refine_supports)
             if self._threshold is not None and 0.0 < self._threshold < 1.0:
                 # the rule decides each class's mask at the user's threshold, so its trim and snap work
                 # on that mask and the pixels the snap adds (scored at the threshold) stay foreground

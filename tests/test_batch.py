@@ -348,7 +348,7 @@ def test_cli_decision_override_is_checked_before_labelling(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cli_no_snap_reaches_the_engine(tmp_path, monkeypatch):
+def test_cli_snap_and_refine_flags_reach_the_engine(tmp_path, monkeypatch):
     import napari_wfss.batch as batch
 
     class Built(Exception):
@@ -361,8 +361,8 @@ def test_cli_no_snap_reaches_the_engine(tmp_path, monkeypatch):
     folder, tags = make_folder(tmp_path, n_untagged=1)
     args = ["label", str(folder), "--tags", str(tags), "--out", str(tmp_path / "out")]
     with pytest.raises(Built) as built:
-        main([*args, "--no-snap"])
-    assert built.value.args[0]["snap"] is False
+        main([*args, "--no-snap", "--refine-supports"])
+    assert built.value.args[0]["snap"] is False and built.value.args[0]["refine_supports"] is True
     with pytest.raises(Built) as built:
         main(args)
-    assert built.value.args[0]["snap"] is True
+    assert built.value.args[0]["snap"] is True and built.value.args[0]["refine_supports"] is None

@@ -420,6 +420,12 @@ def test_engine_decision_overrides_the_models_rule():
     assert without_snap == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), None)  # the preset's rule minus its snap
     with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
         Engine(FakePredictor(), snap=False).load()
+    refining = Engine("preset:wfss-lite0", device="cpu", refine_supports=True).load().decision
+    assert refining == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06, refine_supports=True)
+    assert Engine("preset:wfss-lite0", device="cpu", decision=refining, refine_supports=False).load().decision == (
+        DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06))
+    with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
+        Engine(FakePredictor(), refine_supports=True).load()
 
 
 def test_a_given_threshold_becomes_the_rules_threshold():

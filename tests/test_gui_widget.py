@@ -228,6 +228,7 @@ def test_run_settings_reach_the_engine_options(widget, sample_images, tmp_path):
     widget.open_folder(sample_images)
     options = widget._engine_options()
     assert options["threshold"] is None and options["snap"] is True  # the model's own rule
+    assert options["refine_supports"] is None
     shipped = json.loads((default_model_dir() / "model.json").read_text())["config"]["decision"]["threshold"]
     assert widget.threshold_spin.text() == f"model's ({shipped:.2f})"  # read before any run
     widget.model_edit.setText("preset:tlg-resnet50-pascal")  # the released rule: argmax, 0.5
@@ -238,8 +239,10 @@ def test_run_settings_reach_the_engine_options(widget, sample_images, tmp_path):
     assert widget.threshold_spin.text() == "model's"
     widget.threshold_spin.setValue(0.7)
     widget.snap_check.setChecked(False)
+    widget.refine_check.setChecked(True)
     options = widget._engine_options()
     assert options["threshold"] == pytest.approx(0.7) and options["snap"] is False
+    assert options["refine_supports"] is True
 
 
 def test_reader_opens_a_folder_in_the_widget(make_napari_viewer_proxy, sample_images):
