@@ -19,7 +19,10 @@ and the shipped model's decision rule. Prints one JSON line per row (mIoU, FB-Io
   positives' masks (which then are their priors), and only ``prior``, ``prior-trim-snap`` and ``hhn``
   are scored.
 
-Results: the model card's "Inference-time variants" section.
+Results: the model card's "Inference-time variants" section. The refined supports measured here describe
+the supports with the prior's own 320-pixel features; the product's option (``--decision ...,supports:refined``,
+``hhn.predictor.Predictor.support_map``) uses the network's taps, and is scored on every fold in the card's
+section "Refined tag supports on every fold".
 """
 
 from __future__ import annotations

@@ -137,7 +137,10 @@ def test_support_map_refines_a_tag_prior_only_when_the_rule_says_so():
     blob = ndimage.binary_dilation(disk, iterations=10)
     prior = np.where(blob, 0.8, 0.1).astype(np.float32)
     plain = _lite0_predictor(DecisionRule(0.5, 0.6, snap=0.06))
+    plain.encode_image = None  # a rule that does not refine needs no backbone pass
     np.testing.assert_array_equal(plain.support_map(image, prior), prior)
+    with pytest.raises(ValueError, match="at the image's size"):
+        plain.support_map(image, prior[1:])
     refining = _lite0_predictor(DecisionRule(0.5, 0.6, snap=0.06, refine_supports=True))
     refined = refining.support_map(image, prior)
     assert refined.dtype == np.float32 and set(np.unique(refined)) == {0.0, 1.0}

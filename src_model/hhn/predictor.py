@@ -187,10 +187,15 @@ class Predictor:
         with the rule's steps on the support's own pixels and taps, as float32 {0, 1}. When that leaves
         no pixel, the prior is kept. Supports with a pixel mask skip this: their mask is used as it is."""
         rule = self.decision if rule is None else rule
-        encoded = self._encoded(image)
-        prior = _check_map(prior, encoded.original_size, "support prior")
-        if not rule.refine_supports:
+        if isinstance(image, EncodedImage):
+            size = image.original_size
+        else:
+            _check_image(image, "support image")
+            size = tuple(image.shape[:2])
+        prior = _check_map(prior, size, "support prior")
+        if not rule.refine_supports:  # no backbone pass needed
             return prior
+        encoded = self._encoded(image)
         mask = torch.from_numpy(prior > ClassPrior.threshold).to(self.device)
         if rule.trim is not None:
             mask = self._trim(mask, encoded, rule.trim)
