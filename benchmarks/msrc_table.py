@@ -27,8 +27,8 @@ from pathlib import Path
 #: preset's rule (network softmax blended with the query prior, thresholded, trimmed to the query's own
 #: appearance, snapped to its edges), ``hhn-sr`` that rule with the tag supports refined the same way
 #: before they are encoded (a candidate, not shipped: see the model card), ``hhn-argmax`` the network
-#: alone, ``prior-trim-snap`` / ``prior-trim`` the prior alone at 0.5 with the rule's trim and snap / trim only, and ``prior-at-rule``
-#: without either (prior weight 1: the controls that tell what the network adds); ``map-trim-snap`` /
+#: alone, ``prior-trim-snap`` / ``prior-trim`` the prior alone at 0.5 with the rule's trim and snap / trim
+#: only, and ``prior-at-rule`` without either (prior weight 1: the controls that tell what the network adds); ``map-trim-snap`` /
 #: ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before the snap, ``hhn-v2``
 #: before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5, threshold 0.8, chosen on
 #: fold 0 alone, rejected by folds 1-2), kept so the record of what was tried stays reproducible.

@@ -81,8 +81,8 @@ def propose_project(project: str, should_stop: Callable[[], bool], **options: An
     default queries without storing anything (the parent's session stores the results).
 
     ``options`` are :class:`napari_wfss.engine.Engine` arguments (``model``, ``device``, ``shots``,
-    ``batch_size``, ``threshold``, ``snap``, ``refine_supports``). Yields ``(image path, label map, scores)`` per finished image;
-    images that cannot be read are skipped.
+    ``batch_size``, ``threshold``, ``snap``, ``refine_supports``). Yields ``(image path, label map,
+    scores)`` per finished image; images that cannot be read are skipped.
     """
     from napari_wfss.engine import Engine
     from napari_wfss.session import Session

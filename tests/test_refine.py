@@ -171,7 +171,8 @@ def test_eval_method_encodes_refined_tag_supports_and_shares_passes_between_alik
     predictor.logits_batch = lambda *a, **k: calls.append(a[1].masks.clone()) or real(*a, **k)
     base = DecisionRule(0.5, 0.6, snap=0.06)
     rules = [base, DecisionRule(0.5, 0.7, snap=0.06), DecisionRule(0.5, 0.6, snap=0.06, refine_supports=True),
-             DecisionRule(0.5, 0.7, snap=0.06, refine_supports=True), DecisionRule(0.5, 0.6, snap=0.03, refine_supports=True)]
+             DecisionRule(0.5, 0.7, snap=0.06, refine_supports=True),
+             DecisionRule(0.5, 0.6, snap=0.03, refine_supports=True)]
     shared: dict = {}
     methods = [HHNMethod(predictor, decision=r, shared=shared) for r in rules]
     tags = MethodInputs("cow", image, [image], [prior], prior)
