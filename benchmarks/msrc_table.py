@@ -32,12 +32,16 @@ from pathlib import Path
 #: ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before the snap, ``hhn-v2``
 #: before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5, threshold 0.8, chosen on
 #: fold 0 alone, rejected by folds 1-2), kept so the record of what was tried stays reproducible.
-#: Every row runs with the single-scale ``coseg`` prior (the shipped model's) except the ``-ms`` rows, which
-#: use ``coseg-ms`` (three input sizes; chosen on development episodes, not shipped: see the model card).
+#: Every row runs with the single-scale ``coseg`` prior (the shipped model's until session 12) except the
+#: ``-ms`` rows, which use ``coseg-ms`` (three input sizes; chosen on development episodes, not shipped),
+#: and the ``-ratio`` rows, which use ``coseg-ratio`` (the shipped model's prior since; see the model card).
+#: ``prior-ratio`` is the prior alone at 0.5 scored on the model's pass (prior weight 1, threshold 0.5).
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
-           ("prior-trim", ("tags",)), ("prior-trim-snap", ("tags",)), ("map", ("tags", "masks")),
+           ("prior-trim", ("tags",)), ("prior-trim-snap", ("tags",)), ("prior-ratio", ("tags",)),
+           ("prior-trim-snap-ratio", ("tags",)), ("map", ("tags", "masks")),
            ("map-trim", ("tags", "masks")), ("map-trim-snap", ("tags", "masks")),
-           ("hhn", ("tags", "masks")), ("hhn-sr", ("tags",)), ("hhn-v3", ("tags", "masks")),
+           ("hhn-ratio", ("tags", "masks")), ("hhn", ("tags", "masks")), ("hhn-sr", ("tags",)),
+           ("hhn-v3", ("tags", "masks")),
            ("hhn-v2", ("tags", "masks")), ("hhn-argmax", ("tags", "masks")), ("hhn-v1", ("tags", "masks")),
            ("prior-ms", ("tags",)), ("prior-trim-snap-ms", ("tags",)), ("hhn-ms", ("tags", "masks")),
            ("all-fg", ("none",)))
@@ -52,7 +56,11 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-ms": "(a-ms) tag prior alone, coseg-ms (320 + 448 + 576 px), threshold 0.5",
           "prior-trim-snap-ms": "(a++ms) tag prior alone, coseg-ms, threshold 0.5, trimmed and snapped like the rule",
           "hhn-ms": "(c-ms) HHN + decision rule, coseg-ms prior (not shipped)",
-          "hhn": "(c) **HHN + decision rule** (prior weight 0.5, threshold 0.6, trim 1/0.5/0, snap 0.06)",
+          "prior-ratio": "(a-ratio) tag prior alone (coseg-ratio), threshold 0.5",
+          "prior-trim-snap-ratio": "(a++ratio) tag prior alone (coseg-ratio), threshold 0.5, trimmed and snapped "
+                                   "like the rule",
+          "hhn-ratio": "(c-ratio) **HHN + decision rule, coseg-ratio prior (shipped)**",
+          "hhn": "(c) HHN + decision rule (prior weight 0.5, threshold 0.6, trim 1/0.5/0, snap 0.06), coseg prior",
           "hhn-sr": "(c-sr) HHN + decision rule, tag supports refined like the query's mask (candidate, not shipped)",
           "hhn-v3": "(c') HHN + the rule without its snap (weight 0.5, threshold 0.6, trim 1/0.5/0)",
           "hhn-v2": "(c'') HHN + the rule without trim or snap (weight 0.5, threshold 0.6)",
@@ -60,13 +68,20 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "hhn-v1": "(c-v1) HHN + first rule (weight 0.5, threshold 0.8; rejected)",
           "all-fg": "(d) all pixels foreground"}
 MODEL_ROWS = ("hhn", "hhn-sr", "hhn-v3", "hhn-v2", "hhn-argmax", "prior-at-rule", "prior-trim", "prior-trim-snap",
-              "hhn-v1", "prior-at-0.8", "hhn-ms", "prior-trim-snap-ms")
+              "hhn-v1", "prior-at-0.8", "hhn-ms", "prior-trim-snap-ms", "hhn-ratio", "prior-ratio",
+              "prior-trim-snap-ratio")
+
+#: row-name suffix -> the ``wfss eval --prior`` of that row (rows without a suffix: ``coseg``)
+PRIOR_SUFFIXES = {"-ms": "coseg-ms", "-ratio": "coseg-ratio"}
 
 
-def prior_of(row: str) -> str:
-    """The ``wfss eval --prior`` of a row (every row names it: a model's own default may differ):
-    ``coseg-ms`` for the ``-ms`` rows (otherwise the row without the suffix), else ``coseg``."""
-    return "coseg-ms" if row.endswith("-ms") else "coseg"
+def split_row(row: str) -> tuple[str, str]:
+    """A row -> (the row it varies, its ``--prior``): every row names its prior, as a model's own
+    default may differ."""
+    for suffix, prior in PRIOR_SUFFIXES.items():
+        if row.endswith(suffix):
+            return row.removesuffix(suffix), prior
+    return row, "coseg"
 
 
 def trim_flag(trim) -> str:
@@ -94,8 +109,9 @@ def shipped_rule():
 def decision_args(row: str) -> list[str]:
     """The ``--decision`` flag of a model row (variations of :func:`shipped_rule`)."""
     rule = shipped_rule()
-    row = row.removesuffix("-ms")
+    row = split_row(row)[0]
     return ["--decision", {"hhn": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap),
+                           "prior": rule_flag(1, 0.5),
                            "hhn-sr": rule_flag(rule.prior_weight, rule.threshold, rule.trim, rule.snap, True),
                            "hhn-v3": rule_flag(rule.prior_weight, rule.threshold, rule.trim),
                            "hhn-v2": rule_flag(rule.prior_weight, rule.threshold),
@@ -112,7 +128,7 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
     (several decision rules scored on one network pass, one JSON line each); None when the fold has no
     model."""
     runs_model = rows[0] in MODEL_ROWS
-    base = rows[0].removesuffix("-ms")
+    base = split_row(rows[0])[0]
     method = "hhn" if runs_model else {"map-trim": "map", "map-trim-snap": "map"}.get(base, base)
     cmd = ["wfss", "eval", "--data", str(args.data), "--fold", str(fold), "--method",
            method, "--shots", str(shots), "--episodes", str(args.episodes), "--seed", "0", "--json"]
@@ -128,7 +144,7 @@ def cell_command(args, fold: int, shots: int, support: str, rows: list[str]) -> 
         for row in rows:
             cmd += decision_args(row)
     if rows[0] != "all-fg":
-        cmd += ["--prior", prior_of(rows[0])]
+        cmd += ["--prior", split_row(rows[0])[1]]
     if support != "none":
         cmd += ["--support", support]
     if rows[0] != "all-fg" and args.cache_dir:
@@ -159,8 +175,8 @@ def pending_jobs(args, fold: int, shots: int, done: dict) -> list[tuple[list[str
             if row in only and support in kinds and _key(fold, shots, support, row, args.episodes) not in done]
     jobs = [([row], support) for row, support in todo if row not in MODEL_ROWS]
     for support in ("tags", "masks"):
-        for prior in ("coseg", "coseg-ms"):  # one network pass per support and prior
-            rows = [row for row, sup in todo if row in MODEL_ROWS and sup == support and prior_of(row) == prior]
+        for prior in ("coseg", *PRIOR_SUFFIXES.values()):  # one network pass per support and prior
+            rows = [row for row, sup in todo if row in MODEL_ROWS and sup == support and split_row(row)[1] == prior]
             if rows:
                 jobs.append((rows, support))
     return jobs
@@ -211,7 +227,7 @@ def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.0f}"
 
 
-def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn",)) -> str:
+def render_per_class(results: dict[str, dict], rows: tuple[str, ...] = ("hhn-ratio", "hhn")) -> str:
     """Per-class IoU (percent), precision and recall (fractions in the JSON, percent here) of the model rows."""
     lines = ["| row | fold | shots | episodes | support | class | IoU | precision | recall |",
              "|---|---|---|---|---|---|---|---|---|"]

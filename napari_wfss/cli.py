@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=None, choices=TAG_PRIORS,
                    help="tag prior: coseg = CLIP-free co-segmentation of the tagged images at 320 px; "
                         "coseg-ms = the same at 320, 448 and 576 px, maps averaged; "
+                        "coseg-ratio = coseg comparing recurrence in positives and negatives as a log ratio; "
                         "gradcam = CLIP RN50 Grad-CAM (needs CLIP weights) (default: the model's own "
                         "tag_prior for --method hhn, else coseg)")
     _add_prior_gallery(p)

@@ -84,7 +84,7 @@ def test_the_tag_prior_is_the_models_own_unless_given(synth, capsys, tiny_model,
     meta["config"]["tag_prior"] = "coseg-ms"
     (tmp_path / src.name).write_text(json.dumps(meta))
     args = ("--method", "hhn", "--support", "tags", "--prior-negatives", "2", "--threads", "1")
-    assert _eval(capsys, synth, *args, "--model", tiny_model, cache=feature_cache)["prior"] == "coseg"
+    assert _eval(capsys, synth, *args, "--model", tiny_model, cache=feature_cache)["prior"] == "coseg-ratio"  # preset's
     own = _eval(capsys, synth, *args, "--model", str(tmp_path / src.name), cache=feature_cache)
     assert own["prior"] == "coseg-ms" and 0 <= own["miou"] <= 100
     given = _eval(capsys, synth, *args, "--model", str(tmp_path / src.name), "--prior", "coseg", cache=feature_cache)
@@ -93,7 +93,7 @@ def test_the_tag_prior_is_the_models_own_unless_given(synth, capsys, tiny_model,
 
 def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(synth, capsys, tiny_model,
                                                                               feature_cache):
-    args = ("--support", "tags", "--prior-negatives", "2", "--threads", "1")
+    args = ("--support", "tags", "--prior-negatives", "2", "--threads", "1", "--prior", "coseg-ratio")
     prior = _eval(capsys, synth, "--method", "prior", *args, cache=feature_cache)
     code = main(["eval", "--data", str(synth), "--test-classes", "square,disk", "--episodes", "6", "--seed", "1",
                  "--device", "cpu", "--json", "--cache-dir", feature_cache, "--method", "hhn", "--model", tiny_model,

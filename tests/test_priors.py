@@ -67,6 +67,47 @@ def test_user_mask_replaces_prior_and_teaches_it():
     assert _iou(untaught(b) > 0.5, mask_b > 0.5) < 0.5
 
 
+def _shoot_scene(positives: int = 4, negatives: int = 3) -> tuple[dict[int, torch.Tensor], list, list]:
+    """Descriptors of tagged images of one photo shoot: 2x2 cells, three of grass and one of an animal.
+
+    The positives' grass is one field (cosine 0.80 between positives) and the negatives' another (0.50
+    to the positives' grass); the animal matches the other positives' animals at 0.52 and the negatives'
+    cows at 0.23. Returns {image id: (C, 2, 2) unit descriptors} and the positive and negative images
+    (constant images whose first pixel is the id)."""
+    dim = 2 + 4 * (positives + negatives)  # two shared directions and one of its own per cell
+    basis = torch.eye(dim)
+    grass, animal = basis[0], basis[1]
+    unique = iter(basis[2:])
+
+    def mix(common, cos_common):  # cos_common with ``common``, the rest along a direction of its own
+        return cos_common * common + (1 - cos_common ** 2) ** 0.5 * next(unique)
+
+    a, e = 0.8 ** 0.5, 0.52 ** 0.5
+    cells = {}
+    for i in range(positives):
+        cells[i] = [mix(grass, a), mix(grass, a), mix(grass, a), mix(animal, e)]
+    for k in range(positives, positives + negatives):
+        cells[k] = [mix(grass, 0.5 / a), mix(grass, 0.5 / a), mix(grass, 0.5 / a), mix(animal, 0.23 / e)]
+    desc = {i: F.normalize(torch.stack(c, dim=1).view(dim, 2, 2), dim=0) for i, c in cells.items()}
+    images = {i: np.full((8, 8, 3), i, np.uint8) for i in desc}
+    return desc, [images[i] for i in range(positives)], [images[k] for k in range(positives, len(images))]
+
+
+@pytest.mark.parametrize("contrast, finds", [("difference", "grass"), ("ratio", "animal")])
+def test_coseg_contrast_on_a_shared_field(contrast, finds):
+    desc, positives, negatives = _shoot_scene()
+    prior = CosegPrior(features=lambda pixels, weights=None: desc[int(pixels[0, 0, 0])], bank_pool=1,
+                       refine=False, self_support=False, contrast=contrast)
+    scores, cut = prior.fit("sheep", positives, negatives).scores(positives[0])  # leave-one-out first pass
+    found = (scores > cut).flatten().tolist()
+    assert found == ([True, True, True, False] if finds == "grass" else [False, False, False, True])
+
+
+def test_coseg_rejects_an_unknown_contrast():
+    with pytest.raises(ValueError, match="contrast must be one of difference, ratio"):
+        CosegPrior(features=colour_features, contrast="quotient")
+
+
 def test_coseg_shapes_and_range_with_backbone_features():
     features = DenseFeatures(size=64, pretrained=False)
     rng = np.random.default_rng(2)
@@ -135,14 +176,17 @@ def test_catalog_builds_the_named_priors():
     assert isinstance(single, CosegPrior) and single.features.size == 320
     multi = build_tag_prior("coseg-ms")
     assert isinstance(multi, MeanPrior) and len(multi.members) == 3
-    assert [m.features.size for m in multi.members] == list(COSEG_PRIORS["coseg-ms"]) == [320, 448, 576]
+    assert [m.features.size for m in multi.members] == list(COSEG_PRIORS["coseg-ms"].sizes) == [320, 448, 576]
     stand_in = lambda pixels, weights=None: None  # noqa: E731
     asked = []
     reused = build_tag_prior("coseg", reuse=lambda dense: asked.append(dense.size) or stand_in)
     assert reused.features is stand_in and asked == [320]
     with pytest.raises(ValueError, match="unknown tag prior 'nope'"):
         build_tag_prior("nope")
-    assert set(TAG_PRIORS) == {"coseg", "coseg-ms", "gradcam"}
+    ratio = build_tag_prior("coseg-ratio")
+    assert isinstance(ratio, CosegPrior) and ratio.contrast == "ratio" and ratio.features.size == 320
+    assert single.contrast == "difference" and {m.contrast for m in multi.members} == {"difference"}
+    assert set(TAG_PRIORS) == {"coseg", "coseg-ms", "coseg-ratio", "gradcam"}
 
 
 def test_otsu_splits_two_modes():

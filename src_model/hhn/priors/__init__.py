@@ -5,8 +5,8 @@
 - ``gradcam``: CLIP RN50 Grad-CAM of "a photo of a {class}" (needs CLIP weights).
 - ``features``: the dense backbone descriptors the co-segmentation prior and the MAP baseline share.
 - ``ensemble``: ``MeanPrior``, the mean of several priors' maps (e.g. one per input size).
-- ``catalog``: the named priors (``coseg``, ``coseg-ms``, ``gradcam``) and ``build_tag_prior``, which the
-  engine, ``wfss eval`` and ``wfss train`` build their prior with.
+- ``catalog``: the named priors (``coseg``, ``coseg-ms``, ``coseg-ratio``, ``gradcam``) and
+  ``build_tag_prior``, which the engine, ``wfss eval`` and ``wfss train`` build their prior with.
 """
 
 from hhn.priors.base import ClassPrior, TaggedImage, TagPrior, as_tagged

@@ -7,6 +7,10 @@ proposal engine build.
   averaged (``hhn.priors.ensemble.MeanPrior``): about six times the backbone work of ``coseg``; a
   better prior on development episodes, a gain that did not carry over to the test cells
   (MODEL_CARD.md, "A multi-scale tag prior"), so no shipped model uses it.
+- ``coseg-ratio``: ``coseg`` whose first pass compares recurrence in the positives with recurrence in
+  the negatives as a log ratio, not a difference (``CosegPrior(contrast="ratio")``), at the same cost:
+  the prior the default model is used with (chosen after training on development episodes; MODEL_CARD.md,
+  "The ratio contrast in the tag prior").
 - ``gradcam``: CLIP RN50 Grad-CAM of the class name (``hhn.priors.gradcam``; needs CLIP weights).
 
 Importing this module does not import torch.
@@ -15,6 +19,7 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +28,19 @@ if TYPE_CHECKING:
     from hhn.priors.features import DenseFeatures
 
 
-#: co-segmentation prior variants: the square input sides in px (one prior per side, maps averaged)
-COSEG_PRIORS: dict[str, tuple[int, ...]] = {"coseg": (320,), "coseg-ms": (320, 448, 576)}
+@dataclass(frozen=True)
+class CosegVariant:
+    """A named co-segmentation prior: the square input sides in px (one prior per side, maps averaged)
+    and the first pass's contrast (``hhn.priors.coseg.CONTRASTS``)."""
+
+    sizes: tuple[int, ...]
+    contrast: str = "difference"
+
+
+#: the co-segmentation prior variants, by name
+COSEG_PRIORS: dict[str, CosegVariant] = {"coseg": CosegVariant((320,)),
+                                         "coseg-ms": CosegVariant((320, 448, 576)),
+                                         "coseg-ratio": CosegVariant((320,), "ratio")}
 
 #: every name :func:`build_tag_prior` accepts
 TAG_PRIORS: tuple[str, ...] = (*COSEG_PRIORS, "gradcam")
@@ -55,8 +71,9 @@ def build_tag_prior(name: str, *, device: Any = "cpu", cache_dir: str | Path | N
     from hhn.priors.ensemble import MeanPrior
     from hhn.priors.features import DenseFeatures
 
-    members = []
-    for size in COSEG_PRIORS[name]:
+    variant, members = COSEG_PRIORS[name], []
+    for size in variant.sizes:
         dense = DenseFeatures(size=size, device=device, cache_dir=cache_dir)
-        members.append(CosegPrior(features=(reuse(dense) if reuse is not None else None) or dense))
+        members.append(CosegPrior(features=(reuse(dense) if reuse is not None else None) or dense,
+                                  contrast=variant.contrast))
     return members[0] if len(members) == 1 else MeanPrior(members)

@@ -9,7 +9,11 @@ weights 1, 1, 2: the semantic stride-32 tap counts most; cosine similarity), thr
    (an image is never its own positive). Grass next to a cow is matched as well by an image of grass
    without cows as by the other cow images, so it scores near 0; the cow scores high. The cut is the
    Otsu threshold of the image's scores. Context-matched negatives (``hhn.data.episodes``) make this
-   work: they hold the class's usual surroundings.
+   work: they hold the class's usual surroundings. With ``contrast="ratio"`` the two terms are
+   compared as ``log((pos + 0.05) / (neg + 0.05))`` instead (cosines clamped at 0): textures such as
+   grass match each other at a higher cosine than objects do, so when the positives share one field's
+   grass and the negatives' grass is another, the difference can favour the grass (cos 0.80 against
+   0.50) over the animal (0.52 against 0.23), while the ratio favours the animal.
 2. **Foreground / background banks** (second pass, ``refine``). The first pass is run on every
    positive (each against the others); its mask splits the positives' cells into a foreground bank
    and a background bank, and every negative cell joins the background bank (a per-class background
@@ -52,6 +56,12 @@ from hhn.priors.features import BoundedCache, DenseFeatures, image_key
 
 #: image, tap weights -> ``float32 (C, g, g)`` unit-norm descriptors (``DenseFeatures.__call__``).
 Features = Callable[..., torch.Tensor]
+
+#: the first pass's ways of comparing recurrence in positives with recurrence in negatives
+CONTRASTS = ("difference", "ratio")
+
+#: added to both cosines of the ``ratio`` contrast, so cells matched weakly by both score near 0
+RATIO_OFFSET = 0.05
 
 
 def otsu(values: torch.Tensor, bins: int = 64) -> float:
@@ -100,13 +110,18 @@ class CosegPrior(TagPrior):
         refine: run the second pass.
         self_support: run the self-support step.
         temperature: softness of the map around its cut (score units).
+        contrast: how the first pass compares recurrence in positives with recurrence in negatives:
+            ``"difference"`` or ``"ratio"`` (see the module docstring).
     """
 
     name = "coseg"
 
     def __init__(self, features: Features | None = None, tap_weights: Sequence[float] = (1.0, 1.0, 2.0),
                  bank_pool: int = 4, top_k: int = 5, refine: bool = True, self_support: bool = True,
-                 temperature: float = 0.03) -> None:
+                 temperature: float = 0.03, contrast: str = "difference") -> None:
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
+        self.contrast = contrast
         self.features = features if features is not None else DenseFeatures()
         self.tap_weights = tuple(float(w) for w in tap_weights)
         self.bank_pool, self.top_k, self.refine = int(bank_pool), int(top_k), refine
@@ -159,6 +174,8 @@ class CosegClassPrior(ClassPrior):
         zero = torch.zeros(len(cells))
         s_pos = torch.stack([top_k_similarity(cells, p, 1) for p in pos]).mean(0) if pos else zero
         s_neg = torch.stack([top_k_similarity(cells, n, 1) for n in neg]).amax(0) if neg else zero
+        if self.owner.contrast == "ratio":
+            return torch.log((s_pos.clamp(min=0) + RATIO_OFFSET) / (s_neg.clamp(min=0) + RATIO_OFFSET))
         return s_pos - s_neg
 
     def _bank_split(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
