@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,11 @@ from hhn.data.episodes import EpisodeSampler
 from hhn.device import select_device, set_cpu_threads
 from hhn.evaluation.methods import HHNMethod, MethodInputs, PriorOnly
 from hhn.evaluation.runner import evaluate
-from hhn.factory import create_model
-from hhn.predictor import Predictor, QueryLogits
+from hhn.pipeline import FewShotPipeline
 from hhn.priors.base import ClassPrior, TaggedImage, TagPrior, as_tagged
 from hhn.priors.catalog import build_tag_prior
 from hhn.priors.features import DenseFeatures
-from hhn.refine import own_appearance_keep, snap_to_edges
+from hhn.refine import refine_mask
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrc_v2"
 
@@ -59,9 +59,9 @@ class Refiner:
         self.features, self.trim, self.snap = features, trim, snap
 
     def __call__(self, image: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        mask = torch.from_numpy(prior > ClassPrior.threshold)
-        mask = own_appearance_keep(mask, self.features(image, self.trim)).numpy()
-        return snap_to_edges(image, mask, self.snap).astype(np.float32)
+        mask, _ = refine_mask(torch.from_numpy(prior > ClassPrior.threshold), image, partial(self.features, image),
+                              self.trim, self.snap)
+        return mask.numpy().astype(np.float32)
 
 
 class RefittedClassPrior(ClassPrior):
@@ -102,25 +102,25 @@ class RefittedPrior(TagPrior):
 
 
 class Variant(HHNMethod):
-    """The shipped rule with refined support priors and/or the flipped query averaged in (at least one)."""
+    """The shipped rule with refined support priors and/or the flipped query averaged in (at least one),
+    through the product's pipeline: refined supports enter ``FewShotPipeline.encode_class`` as given masks."""
 
-    def __init__(self, predictor: Predictor, refine: Refiner | None, flip: bool) -> None:
-        super().__init__(predictor)
+    def __init__(self, pipeline: FewShotPipeline, refine: Refiner | None, flip: bool) -> None:
+        super().__init__(pipeline)
         self.refine, self.flip = refine, flip
         self.name = "hhn" + ("-support-refined" if refine else "") + ("-flip" if flip else "")
 
-    def _logits(self, image: np.ndarray, support, prior: np.ndarray) -> QueryLogits:
-        scored, = self.predictor.logits_batch([image], support, [prior])
-        if self.flip:
-            mirrored, = self.predictor.logits_batch([np.ascontiguousarray(image[:, ::-1])], support,
-                                                    [np.ascontiguousarray(prior[:, ::-1])])
-            scored = scored._replace(logits=0.5 * (scored.logits + mirrored.logits.flip(-1)))
-        return scored
-
     def predict(self, inputs: MethodInputs) -> np.ndarray:
-        masks = [self.refine(im, m) if self.refine else m for im, m in zip(inputs.support_images, inputs.support_masks)]
-        support = self.predictor.encode_support(inputs.support_images, masks)
-        return self.predictor.decide(self._logits(inputs.query_image, support, inputs.query_prior)).mask
+        self.pipeline.forget_images()
+        supports = [TaggedImage(im, self.refine(im, inputs.class_prior(im)) if self.refine else None)
+                    for im in inputs.support_images]
+        segmenter = self.pipeline.encode_class(inputs.class_name, inputs.class_prior, supports)
+        scored, = segmenter.logits([inputs.query_image], [inputs.query_prior])
+        if self.flip:
+            mirrored, = segmenter.logits([np.ascontiguousarray(inputs.query_image[:, ::-1])],
+                                         [np.ascontiguousarray(inputs.query_prior[:, ::-1])])
+            scored = scored._replace(logits=0.5 * (scored.logits + mirrored.logits.flip(-1)))
+        return segmenter.decide(scored).mask
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                              prior_negatives=3, negatives="context")
     torch.manual_seed(args.seed)
     features = DenseFeatures(device=device, cache_dir=args.cache_dir)
-    predictor = Predictor(create_model(args.model, device=device), device=device) if args.model else None
-    rule = predictor.decision if predictor is not None else load_preset("wfss-lite0").decision
+    pipeline = FewShotPipeline.from_model(args.model, device=device) if args.model else None
+    rule = pipeline.rule if pipeline is not None else load_preset("wfss-lite0").decision
     refine = Refiner(features, rule.trim, rule.snap)
     prior = build_tag_prior("coseg", device=device, cache_dir=args.cache_dir, vocabulary=dataset.classes,
                             reuse=lambda own: features if own.size == features.size else None)
@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         prior = RefittedPrior(prior, refine)
     methods = [PriorOnly(features), PriorOnly(features, rule.trim, rule.snap)]
     names = ["prior", "prior-trim-snap"]
-    if predictor is not None:
-        methods.append(HHNMethod(predictor))  # row c, exactly as ``wfss eval`` scores it
+    if pipeline is not None:
+        methods.append(HHNMethod(pipeline))  # row c, exactly as ``wfss eval`` scores it
         if not args.refit_prior:
-            methods += [Variant(predictor, r, f) for r, f in ((refine, False), (None, True), (refine, True))]
+            methods += [Variant(pipeline, r, f) for r, f in ((refine, False), (None, True), (refine, True))]
         names += [m.name for m in methods[2:]]
     results = evaluate(dataset, sampler, methods, args.episodes, supervision="tags", prior=prior)
     for name, result in zip(names, results):

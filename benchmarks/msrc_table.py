@@ -9,9 +9,9 @@ Usage::
 Each finished cell is appended to ``--results`` (JSON lines: the exact command and its JSON output), so
 an interrupted run resumes where it stopped; ``--render`` prints the markdown table (mIoU / FB-IoU, and
 per-class IoU of the model rows) from that file without running anything. The model rows (``hhn``,
-``hhn-argmax``, ``prior-trim`` ...) run the model with different ``--decision`` rules (see ``METHODS``). The folds are the packaged
-``hhn/data/msrc_folds.json``. A fold's model row runs only when ``--model FOLD=NAME`` names a model
-trained without that fold's classes.
+``hhn-argmax``, ``prior-trim`` ...) run the model with different ``--decision`` rules (see ``METHODS``).
+The folds are the packaged ``hhn/data/msrc_folds.json``. A fold's model row runs only when
+``--model FOLD=NAME`` names a model trained without that fold's classes.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from pathlib import Path
 #: appearance, snapped to its edges), ``hhn-sr`` that rule with the tag supports refined the same way
 #: before they are encoded (a candidate, not shipped: see the model card), ``hhn-argmax`` the network
 #: alone, ``prior-trim-snap`` / ``prior-trim`` the prior alone at 0.5 with the rule's trim and snap / trim
-#: only, and ``prior-at-rule`` without either (prior weight 1: the controls that tell what the network adds); ``map-trim-snap`` /
-#: ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before the snap, ``hhn-v2``
-#: before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5, threshold 0.8, chosen on
-#: fold 0 alone, rejected by folds 1-2), kept so the record of what was tried stays reproducible.
+#: only, and ``prior-at-rule`` without either (prior weight 1: the controls that tell what the network adds);
+#: ``map-trim-snap`` / ``map-trim`` refine the MAP baseline the same way. ``hhn-v3`` is the rule before
+#: the snap, ``hhn-v2`` before the trim, ``hhn-v1`` / ``prior-at-0.8`` the first rule (weight 0.5,
+#: threshold 0.8, chosen on fold 0 alone, rejected by folds 1-2), kept so the record of what was tried
+#: stays reproducible.
 #: Every row runs with the single-scale ``coseg`` prior (the shipped model's until session 12) except the
 #: ``-ms`` rows, which use ``coseg-ms`` (three input sizes; chosen on development episodes, not shipped),
 #: and the ``-ratio`` rows, which use ``coseg-ratio`` (the shipped model's prior since; see the model card).

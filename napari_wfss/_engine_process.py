@@ -10,18 +10,18 @@ Protocol (one run = one child; JSON lines):
 - parent -> child stdin: one request line ``{"engine": "module:function", "kwargs": {...},
   "workdir": "..."}``, later optionally ``"cancel"``. EOF on stdin (the parent died) also cancels.
 - child -> parent (a private copy of the child's stdout; anything the libraries print goes to
-  stderr, which the parent sends to a log file):
-  ``{"event": "result", "image": key, "file": ".npy path", "scores": {...} | null}`` per finished
-  image, then exactly one
-  ``{"event": "done", "cancelled": bool}``, or ``{"event": "error", "message": str, "user": bool,
-  "details": str}`` then ``done``.
+  stderr, which the parent sends to a log file): per finished image
+  ``{"event": "result", "image": path, "key": key, "file": ".npy path" | null, "scores": {...},
+  "error": str | null, "model": str, "seconds": float}`` (``file`` null when the image could not be
+  read: ``error`` says why), ``{"event": "warning", "message": str}`` for each of the run's warnings
+  (e.g. a support image left out), then exactly one ``{"event": "done", "cancelled": bool}``, or
+  ``{"event": "error", "message": str, "user": bool, "details": str}`` then ``done``.
 
 The engine function is called as ``function(should_stop=callable, **kwargs)`` and must return an
-iterator of ``(image_key, label_map)`` or ``(image_key, label_map, scores)``: ``image_key`` a ``str``,
-``label_map`` an ``(H, W)`` integer array of class ids, ``scores`` a ``{class name: float}`` dict.
-``should_stop()`` turns True once the parent cancels; the engine checks it between images, and the
-child stops reading results at the next one. The parent kills a child that has not exited
-``grace_s`` seconds after a cancel (e.g. stuck loading a model).
+iterator of :class:`napari_wfss.engine.ProposalResult` (one per finished image, unreadable ones with
+``error`` set) and :class:`RunWarning`. ``should_stop()`` turns True once the parent cancels; the engine
+checks it between images, and the child stops reading results at the next one. The parent kills a
+child that has not exited ``grace_s`` seconds after a cancel (e.g. stuck loading a model).
 """
 
 from __future__ import annotations
@@ -42,19 +42,18 @@ from typing import IO, Any
 
 import numpy as np
 
+from napari_wfss.engine import ProposalResult
+
 DEFAULT_ENGINE = "napari_wfss._engine_process:propose_project"
 CHILD_NICENESS = 5  # lower scheduling priority of the child on POSIX
 _LOG_TAIL = 2000  # characters of the child's stderr quoted when it dies without reporting
 
 
 @dataclass(frozen=True)
-class ProposalReady:
-    """One finished image: ``label_map`` is ``(H, W)`` class ids as the engine returned them;
-    ``scores`` the engine's per-class confidences in ``[0, 1]`` (``None`` if it gave none)."""
+class RunWarning:
+    """Something the run left out or worked around (e.g. a support image it could not read)."""
 
-    image: str
-    label_map: np.ndarray
-    scores: dict[str, float] | None = None
+    message: str
 
 
 @dataclass(frozen=True)
@@ -73,24 +72,28 @@ class RunFinished:
     cancelled: bool
 
 
-RunEvent = ProposalReady | RunFailed | RunFinished
+RunEvent = ProposalResult | RunWarning | RunFailed | RunFinished
 
 
-def propose_project(project: str, should_stop: Callable[[], bool], **options: Any) -> Iterator[tuple]:
-    """The default engine entry in the child: open the session at ``project`` and propose its
-    default queries without storing anything (the parent's session stores the results).
+def propose_project(project: str, should_stop: Callable[[], bool],
+                    **options: Any) -> Iterator[ProposalResult | RunWarning]:
+    """The default engine entry in the child: open the session at ``project`` read-only and propose its
+    default queries without storing anything (the parent stores the results with
+    :func:`napari_wfss.engine.store_proposals`).
 
-    ``options`` are :class:`napari_wfss.engine.Engine` arguments (``model``, ``device``, ``shots``,
-    ``batch_size``, ``threshold``, ``snap``, ``refine_supports``). Yields ``(image path, label map,
-    scores)`` per finished image; images that cannot be read are skipped.
+    ``options``: the fields of a :class:`napari_wfss.options.ProposalOptions`. Yields a ``ProposalResult``
+    per finished image (unreadable images with ``error`` set), then a :class:`RunWarning` per warning of
+    the run.
     """
     from napari_wfss.engine import Engine
+    from napari_wfss.options import ProposalOptions
     from napari_wfss.session import Session
 
-    engine = Engine(**options)
-    for result in engine.propose(Session.open(project, read_only=True), store=False, should_stop=should_stop):
-        if result.label_map is not None:
-            yield result.image, result.label_map, result.scores
+    engine = Engine.from_options(ProposalOptions.from_dict(options))
+    with Session.open(project, read_only=True) as session:
+        yield from engine.propose(session, store=False, should_stop=should_stop)
+    for message in engine.warnings:
+        yield RunWarning(message)
 
 
 class EngineProcess:
@@ -122,6 +125,10 @@ class EngineProcess:
                 stderr=log,
                 env=child_env,
             )
+        if self._proc.stdin is None or self._proc.stdout is None:  # never: both are pipes
+            raise RuntimeError("the proposal process was started without pipes")
+        self._stdin: IO[bytes] = self._proc.stdin
+        self._stdout: IO[bytes] = self._proc.stdout
         self._send(json.dumps(request))
 
     @property
@@ -131,8 +138,8 @@ class EngineProcess:
 
     def _send(self, line: str) -> None:
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-            self._proc.stdin.write((line + "\n").encode())
-            self._proc.stdin.flush()
+            self._stdin.write((line + "\n").encode())
+            self._stdin.flush()
 
     def cancel(self) -> None:
         """Ask the child to stop after the current image; kill it if it is still running ``grace_s`` later.
@@ -152,18 +159,24 @@ class EngineProcess:
             self._proc.kill()
 
     def events(self) -> Iterator[RunEvent]:
-        """Yield :class:`ProposalReady` per finished image, a :class:`RunFailed` if the run failed,
+        """Yield a ``ProposalResult`` per finished image and a :class:`RunWarning` per warning, a
+        :class:`RunFailed` if the run failed,
         and always a final :class:`RunFinished`. Blocks while the child computes (call it off the
         UI thread)."""
         reported_done = False
         cancelled = False
-        for raw in self._proc.stdout:
+        for raw in self._stdout:
             msg = json.loads(raw)
             if msg["event"] == "result":
-                path = Path(msg["file"])
-                label_map = np.load(path)
-                path.unlink()
-                yield ProposalReady(msg["image"], label_map, msg.get("scores"))
+                label_map = None
+                if msg["file"] is not None:
+                    path = Path(msg["file"])
+                    label_map = np.load(path)
+                    path.unlink()
+                yield ProposalResult(msg["image"], msg["key"], label_map, msg["scores"], seconds=msg["seconds"],
+                                     error=msg["error"], model=msg["model"])
+            elif msg["event"] == "warning":
+                yield RunWarning(msg["message"])
             elif msg["event"] == "error":
                 yield RunFailed(msg["message"], bool(msg["user"]), msg.get("details", ""))
             elif msg["event"] == "done":
@@ -182,7 +195,7 @@ class EngineProcess:
             self._killer.cancel()
         self._kill()
         self._proc.wait()
-        for stream in (self._proc.stdin, self._proc.stdout):
+        for stream in (self._stdin, self._stdout):
             with contextlib.suppress(OSError):
                 stream.close()
         self._workdir.cleanup()
@@ -228,13 +241,19 @@ def _child_main() -> int:
     threading.Thread(target=_watch_for_cancel, args=(sys.stdin, cancel), daemon=True).start()
     workdir = Path(request["workdir"])
     try:
-        results = _resolve(request["engine"])(should_stop=cancel.is_set, **request["kwargs"])
-        for n, (image, label_map, *scores) in enumerate(results):
-            path = workdir / f"{n:06d}.npy"
-            tmp = workdir / f".{n:06d}.npy"
-            np.save(tmp, np.asarray(label_map))
-            os.replace(tmp, path)
-            send(event="result", image=str(image), file=str(path), scores=scores[0] if scores else None)
+        events = _resolve(request["engine"])(should_stop=cancel.is_set, **request["kwargs"])
+        for n, event in enumerate(events):
+            if isinstance(event, RunWarning):
+                send(event="warning", message=event.message)
+                continue
+            path = None
+            if event.label_map is not None:
+                path = workdir / f"{n:06d}.npy"
+                tmp = workdir / f".{n:06d}.npy"
+                np.save(tmp, np.asarray(event.label_map))
+                os.replace(tmp, path)
+            send(event="result", image=event.image, key=event.key, file=None if path is None else str(path),
+                 scores=event.scores, error=event.error, model=event.model, seconds=event.seconds)
             if cancel.is_set():
                 break
     except UserError as exc:
@@ -247,4 +266,7 @@ def _child_main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main())
+    # run the module's importable copy, so the classes engines yield (RunWarning) are the ones the loop tests
+    from napari_wfss._engine_process import _child_main as child_main
+
+    sys.exit(child_main())

@@ -55,7 +55,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
     os.close(fd)  # reopened by name: some writers (tifffile) need ``fh.name`` to be a path
     tmp = Path(tmp_name)
     try:
-        kwargs = {"encoding": encoding or "utf-8", "newline": ""} if mode == "w" else {}
+        kwargs: dict[str, Any] = {"encoding": encoding or "utf-8", "newline": ""} if mode == "w" else {}
         with open(tmp, mode, **kwargs) as fh:
             yield fh
             fh.flush()

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from hhn.config import parse_decision_rule
 from hhn.errors import UserError
 
 from .atomic import remove_stale_temps
 from .engine import Engine, plan_run
 from .export import IMAGES_DIR, MASKS_DIR, RECORDS_DIR, TIFF_DIR, DatasetWriter
 from .images import ImageFolderError, list_images
+from .options import ProposalOptions
 from .session import ACCEPTED, EDITED, PROPOSED, Session, SessionError
 
 PROJECT_DIRNAME = ".wfss-project"
@@ -221,9 +221,12 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, t
     """:func:`label_folder` while this process holds ``OUT``'s lock and its project ``session``."""
     from tqdm import tqdm
 
-    for sub in ("", IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR):
-        if (out / sub).is_dir():  # only a killed run can have left temporary files: no writer is alive
-            remove_stale_temps(out / sub, older_than=0)
+    folders = [out / sub for sub in ("", IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR)]
+    project = out / PROJECT_DIRNAME  # the project's own files and its label-map folders
+    folders += [project, *(p for p in project.iterdir() if p.is_dir())] if project.is_dir() else []
+    for folder in folders:
+        if folder.is_dir():  # only a killed run can have left temporary files: no writer is alive
+            remove_stale_temps(folder, older_than=0)
     _apply_tags(session, tags_csv)
     summary = LabelSummary(out, engine.model_name, engine.untrained)
     if engine.untrained:
@@ -262,10 +265,7 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, t
 
 def run_label_cli(args) -> int:
     """``wfss label``: build the engine from the flags, label, print the summary; returns the exit status."""
-    decision = parse_decision_rule(args.decision) if args.decision else None
-    engine = Engine(model=args.model, device=args.device, shots=args.shots, batch_size=args.batch_size,
-                    threshold=args.threshold, decision=decision, snap=args.snap,
-                    refine_supports=args.refine_supports)
+    engine = Engine.from_options(ProposalOptions.from_args(args))
     summary = label_folder(args.folder, args.tags, args.out, engine, tiff=args.tiff)
     print(summary.text())
     return summary.exit_code

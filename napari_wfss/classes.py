@@ -186,7 +186,8 @@ class ClassTable:
             raise ClassTableError(f"class {clean!r} already exists (names are case-insensitive)")
         if class_id is None:
             class_id = self._free_id()
-        elif not isinstance(class_id, int) or isinstance(class_id, bool) or not MIN_CLASS_ID <= class_id <= MAX_CLASS_ID:
+        elif (not isinstance(class_id, int) or isinstance(class_id, bool)
+              or not MIN_CLASS_ID <= class_id <= MAX_CLASS_ID):
             raise ClassTableError(
                 f"class id {class_id!r} for {clean!r} must be an integer in {MIN_CLASS_ID}..{MAX_CLASS_ID} "
                 f"({BACKGROUND_ID} = background and {IGNORE_ID} = ignore are reserved)"
@@ -311,7 +312,8 @@ class ClassTable:
             raise ClassTableError(f"cannot read class file {path}: {exc}") from exc
         numbered = [(i, r) for i, r in enumerate(rows, 1) if r and any(r) and not r[0].lstrip().startswith("#")]
         if not numbered:
-            raise ClassTableError(f"class file {path} is empty; expected a header 'id,name,color' and one row per class")
+            raise ClassTableError(f"class file {path} is empty; expected a header 'id,name,color' and one row "
+                                  f"per class")
         header = [h.strip().lower() for h in numbered[0][1]]
         if "name" not in header:
             raise ClassTableError(f"class file {path}: the header must name the columns, e.g. 'id,name,color'")

@@ -16,12 +16,7 @@ from hhn.errors import UserError
 from hhn.priors.catalog import TAG_PRIORS
 from hhn.training.recipes import RECIPES
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
-
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                   help="compute device; auto picks cuda, then mps, then cpu (default: auto)")
+from .options import ProposalOptions, add_device_argument
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
@@ -72,28 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="folder of images")
     p.add_argument("--tags", required=True, help="CSV with 'image,class' rows (an image may have several rows)")
     p.add_argument("--out", required=True, help="output folder (project state + export); rerun to resume")
-    p.add_argument("--model", default="default",
-                   help="'default' (shipped offline model), a checkpoint path, local-dir:FOLDER, or "
-                        "preset:NAME (random heads: untrained, only to try the pipeline) (default: default)")
-    p.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
-    p.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="background where no class reaches this foreground score, in [0, 1]; also each "
-                        "class's threshold in the decision rule, before its trim and snap (default: the "
-                        "rule's own)")
-    p.add_argument("--decision", default=None, metavar="RULE",
-                   help="override the model's decision rule, as in `wfss eval --decision`: 'argmax' or "
-                        "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND][,supports:refined], e.g. 0.5,0.6,trim:1/0.5/0 "
-                        "(default: the model's rule)")
-    p.add_argument("--no-snap", dest="snap", action="store_false",
-                   help="leave out the rule's snap to the image's colour edges (GrabCut), e.g. for images "
-                        "whose colour edges do not follow the objects")
-    p.add_argument("--refine-supports", action="store_true", default=None,
-                   help="refine each tagged support's prior like a mask (threshold, trim, snap) before it is "
-                        "used: helped objects of one appearance (animals) and hurt objects made of unlike parts "
-                        "(signs, buildings) on MSRC; see the model card (default: the model's rule)")
+    ProposalOptions.add_arguments(p)
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
-    _add_device(p)
     p.set_defaults(run="napari_wfss.batch:run_label_cli")
 
     p = sub.add_parser("train", help="train HHN heads on episodes (paper or our recipe)",
@@ -113,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads(p)
     _add_prior_gallery(p)
     _add_fold_args(p)
-    _add_device(p)
+    add_device_argument(p)
     p.set_defaults(run="hhn.training.cli:run_train_cli")
 
     p = sub.add_parser("eval", help="evaluate mIoU / FB-IoU on few-shot episodes",
@@ -155,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="folder to keep backbone features between runs")
     _add_threads(p)
     _add_episode_args(p, episodes=1000)
-    _add_device(p)
+    add_device_argument(p)
     p.set_defaults(run="hhn.evaluation.cli:run_eval_cli")
 
     p = sub.add_parser("convert-tlg", help="convert the authors' best_model.pt to our checkpoint format",
@@ -182,14 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="episodes per training step (default: 8)")
     p.add_argument("--image-size", default=None,
                    help="override the preset's input size: SIDE or HEIGHTxWIDTH, e.g. 288 (default: preset's)")
-    _add_device(p)
+    add_device_argument(p)
     p.set_defaults(run="hhn.bench:run_bench_cli")
 
     p = sub.add_parser("weights", help="show where pretrained weights are looked for, and what is present",
                        description="List model presets and the weight files each needs, with the exact "
                                    "path to place a file when there is no network.")
     p.add_argument("--presets", action="store_true", help="list presets only")
-    p.set_defaults(run="hhn.weights:run_weights_cli")
+    p.set_defaults(run="hhn.weights.cli:run_weights_cli")
 
     p = sub.add_parser("sample", help="write the sample image folder and its tags.csv",
                        description="Create a small sample folder (made from scikit-image's bundled images) "

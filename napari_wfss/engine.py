@@ -9,16 +9,15 @@ One run (:meth:`Engine.propose`):
    (accepted before edited), then tagged images, each group in session order. Queries default to
    the images with no tag, no proposal and no user mask; an explicit list may name any image, but
    edited and accepted images are always left out (a proposal never replaces the user's work).
-2. **Supports, once per class.** The class's tag prior (an ``hhn.priors`` ``TagPrior``) is fitted
-   on its positives and negatives; positives the user painted ``c`` in carry ``user mask == c``
-   (``TaggedImage.mask``), which the prior trusts. A support's mask is that user mask where there
-   is one, else the fitted prior's map of the image (refined first when the rule says so:
-   ``Predictor.support_map``). Every gallery image is decoded once and run
-   through the network's backbone at most once per run, however many classes it serves (the
-   co-segmentation prior reads the same taps when they are the ones it expects), and
-   ``Predictor.encode_support`` is called once per class.
+2. **Supports, once per class**, through the model library's one few-shot pipeline
+   (``hhn.pipeline.FewShotPipeline.fit``): the class's tag prior is fitted on its positives and
+   negatives (positives the user painted ``c`` in carry ``user mask == c``, which the prior trusts);
+   a support's mask is that user mask where there is one, else the fitted prior's map of the image
+   (refined first when the rule says so); the supports are encoded once per class. Every gallery image
+   is decoded once and run through the backbone at most once per run, however many classes it serves
+   (the co-segmentation prior reads the same taps when they are the ones it expects).
 3. **Queries, streamed in batches of** ``batch_size``. Each query is decoded and encoded once (the
-   prior reuses the taps too); per class its prior map and ``Predictor.predict_batch`` give
+   prior reuses the taps too); per class the pipeline's ``ClassSegmenter.predict_batch`` gives
    ``fg_prob`` ``(H, W)`` in ``[0, 1]`` (the network's softmax blended with the prior by the model's
    decision rule, ``hhn.config.DecisionRule``; 0 where the rule's trim to the query's own
    appearance or its snap to the image's edges removed a pixel, at least the rule's threshold where
@@ -41,7 +40,6 @@ Torch and the model modules of :mod:`hhn` are imported on first use, so importin
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -54,13 +52,13 @@ from hhn.errors import UserError
 
 from .classes import BACKGROUND_ID
 from .images import ImageReadError
+from .options import ProposalOptions, check_run_numbers
 from .session import ACCEPTED, EDITED, REJECTED, UNTAGGED, Session
 
 if TYPE_CHECKING:
-    import torch
-
-    from hhn.predictor import EncodedImage, Predictor, SupportSet
-    from hhn.priors.base import ClassPrior, TagPrior
+    from hhn.pipeline import ClassSegmenter, FewShotPipeline
+    from hhn.predictor import Predictor
+    from hhn.priors.base import TagPrior
 
 PRESET_PREFIX = "preset:"
 UNTRAINED_NOTE = "untrained heads"
@@ -162,6 +160,8 @@ class ProposalResult:
     the image's pixels labelled with it, in ``[0, 1]``. ``seconds``: this image's share of its
     batch's wall time (decoding, encoding, priors, prediction). ``stored``: whether the session now
     holds it as the proposal (False without ``store``, or when a user mask appeared meanwhile).
+    ``error``: why the image has no label map (it could not be read) or was not stored. ``model``: the
+    name of the model that proposed it, stored with the proposal (``Engine.model_name``).
     """
 
     image: str
@@ -172,6 +172,7 @@ class ProposalResult:
     seconds: float = 0.0
     stored: bool = False
     error: str | None = None
+    model: str = ""
 
 
 class _Resolver:
@@ -184,7 +185,7 @@ class _Resolver:
 
     def add(self, fg_prob: np.ndarray) -> None:
         """Feed the next class's ``float (H, W)`` map in ``[0, 1]``."""
-        if self.best is None:
+        if self.best is None or self.index is None:  # the first map (both are set together)
             self.best = np.array(fg_prob, dtype=np.float32)
             self.index = np.zeros(fg_prob.shape, np.int32)
         else:
@@ -195,6 +196,8 @@ class _Resolver:
 
     def finish(self, class_ids: Sequence[int], threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """``(label_map, best_prob)`` as :func:`resolve_label_map` returns them."""
+        if self.best is None or self.index is None:
+            raise ValueError("no class map to decide from")
         label_map = np.asarray(class_ids, dtype=np.uint8)[self.index]
         label_map[self.best < threshold] = BACKGROUND_ID
         return label_map, self.best
@@ -213,6 +216,22 @@ def resolve_label_map(fg_probs: Sequence[np.ndarray], class_ids: Sequence[int],
     for fg in fg_probs:
         resolver.add(fg)
     return resolver.finish(class_ids, threshold)
+
+
+def store_proposals(session: Session, results: Sequence[ProposalResult]) -> None:
+    """Save finished results as their images' proposals with one ``project.json`` write: the one place
+    both ``wfss label`` and the widget store proposals. Sets each result's ``stored``; a result that
+    cannot be stored (the file changed on disk meanwhile, a class was removed) gets ``error`` instead.
+    Results without a label map (``error`` set) are left as they are."""
+    with session.deferred_save():
+        for result in results:
+            if result.label_map is None:
+                continue
+            try:
+                result.stored = session.set_proposal(result.image, result.label_map, model=result.model,
+                                                     scores=result.scores)
+            except UserError as exc:
+                result.error = f"not stored: {exc}"
 
 
 def _summarise(label_map: np.ndarray, best_prob: np.ndarray, classes: Sequence[ClassPlan]) -> tuple[dict, dict]:
@@ -250,49 +269,6 @@ def declared_threshold(model: str) -> float | None:
     return None if config is None else config.decision.threshold
 
 
-class _Encodings:
-    """Backbone taps per image (keyed by its pixels) for one phase of a run; cleared between phases.
-
-    Calling it returns the image's ``EncodedImage`` (encoding it on first sight); :meth:`descriptors`
-    turns those taps into the co-segmentation prior's dense descriptors, so the prior reuses the
-    network's backbone pass instead of running its own.
-    """
-
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-        self._items: dict[str, EncodedImage] = {}
-
-    def __call__(self, pixels: np.ndarray) -> EncodedImage:
-        from hhn.priors.features import image_key
-
-        key = image_key(pixels)
-        if key not in self._items:
-            self._items[key] = self.predictor.encode_image(pixels)
-        return self._items[key]
-
-    def descriptors(self, pixels: np.ndarray, weights: Sequence[float] | None = None) -> torch.Tensor:
-        """``uint8 (H, W, 3)`` -> ``float32 (C, g, g)`` unit-norm descriptors with per-tap ``weights``
-        (``hhn.priors.features.DenseFeatures.__call__``'s signature)."""
-        from hhn.backbones import BACKBONES
-        from hhn.priors.features import descriptors_from_taps
-
-        taps = self(pixels).features
-        return descriptors_from_taps([taps[i] for i in BACKBONES[self.predictor.config.backbone].support_taps], weights)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
-def taps_match_prior_features(model: Any, features: Any) -> bool:
-    """True when ``model``'s backbone pass gives exactly the taps ``features`` (a ``DenseFeatures``)
-    would compute: same backbone, same square input size, and ImageNet weights bit for bit."""
-    from hhn.checkpoints import backbone_is_pretrained
-
-    config = model.config
-    return (config.backbone == features.backbone and tuple(config.image_size) == (features.size, features.size)
-            and features.pretrained and backbone_is_pretrained(model))
-
-
 class Engine:
     """Turns a session into proposals with an HHN model (see the module doc).
 
@@ -303,10 +279,9 @@ class Engine:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (``hhn.device.select_device``).
         shots: at most this many support images per class.
         batch_size: query images per batch (memory and ``project.json`` writes per batch).
-        threshold: background where the best class's ``fg_prob`` is below it, in ``[0, 1]``; default
-            (None): the threshold of the decision rule in use. A threshold strictly between 0 and 1
-            also replaces the rule's own, so each class's mask is thresholded there before the rule's
-            trim and snap (a ready ``Predictor`` keeps its rule; only the per-pixel decision uses it).
+        threshold: background where the best class's ``fg_prob`` is below it: None (the rule's) or a
+            value in ``[0, 1]``, as :mod:`napari_wfss.options` defines it (a ready ``Predictor`` keeps its
+            rule; only the per-pixel decision uses it).
         decision: the ``hhn.config.DecisionRule`` that turns the network's output into each class's
             ``fg_prob``; default (None): the model's own rule.
         snap: False drops the rule's snap to the image's colour edges (GrabCut), e.g. for images whose
@@ -333,10 +308,7 @@ class Engine:
         snap: bool = True,
         refine_supports: bool | None = None,
     ) -> None:
-        if shots < 1 or batch_size < 1:
-            raise EngineError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise EngineError(f"threshold must be in [0, 1], got {threshold}")
+        check_run_numbers(shots, batch_size, threshold)
         self.model_spec = model
         self.device = device
         self.shots = int(shots)
@@ -348,9 +320,14 @@ class Engine:
         self._prior = prior
         self._model_name = model_name
         self._predictor: Predictor | None = None
-        self._text_encoder = None
-        self._encodings: _Encodings | None = None  # the current run's
+        self._pipeline: FewShotPipeline | None = None
         self.warnings: list[str] = []
+
+    @classmethod
+    def from_options(cls, options: ProposalOptions, **kwargs: Any) -> Engine:
+        """The engine of a run's :class:`~napari_wfss.options.ProposalOptions` (``wfss label``, the widget's
+        child process); ``kwargs``: the Python-only arguments (``prior``, ``model_name``)."""
+        return cls(**options.engine_kwargs(), **kwargs)
 
     # ------------------------------------------------------------------ model
     @property
@@ -379,6 +356,7 @@ class Engine:
     def load(self) -> Predictor:
         """Build the model and its predictor now (else done by the first run); returns the predictor."""
         if self._predictor is None:
+            from hhn.pipeline import override_rule
             from hhn.predictor import Predictor
 
             model = self.model_spec
@@ -392,48 +370,18 @@ class Engine:
 
                 name = os.fspath(model)
                 model = create_model(name.removeprefix(PRESET_PREFIX), device=self.device)
-            decision = self._decision if self._decision is not None else model.config.decision
-            if not self._snap:
-                decision = dataclasses.replace(decision, snap=None)
-            if self._refine_supports is not None:
-                decision = dataclasses.replace(decision, refine_supports=self._refine_supports)
-            if self._threshold is not None and 0.0 < self._threshold < 1.0:
-                # the rule decides each class's mask at the user's threshold, so its trim and snap work
-                # on that mask and the pixels the snap adds (scored at the threshold) stay foreground
-                decision = dataclasses.replace(decision, threshold=self._threshold)
+            decision = override_rule(model.config.decision, decision=self._decision, threshold=self._threshold,
+                                     snap=self._snap, refine_supports=self._refine_supports)
             self._predictor = Predictor(model, device=self.device, decision=decision)
         return self._predictor
 
-    def default_prior(self, vocabulary: Sequence[str]) -> TagPrior:
-        """The tag prior the model is used with: its config's ``tag_prior`` (``hhn.priors.catalog``); when
-        that is unset, CLIP Grad-CAM (``vocabulary`` = the competing class names) for a model that reads
-        CLIP text, like the paper's, else the CLIP-free co-segmentation prior. A co-segmentation prior
-        reads the network's own backbone taps when they are the ones it would compute
-        (:func:`taps_match_prior_features`), else runs its own backbone."""
-        from hhn.priors.catalog import build_tag_prior
+    def pipeline(self) -> FewShotPipeline:
+        """The few-shot pipeline of the loaded model (built with it, kept for later runs)."""
+        if self._pipeline is None:
+            from hhn.pipeline import FewShotPipeline
 
-        predictor = self.load()
-        config = predictor.config
-        name = config.tag_prior or ("gradcam" if config.use_text else "coseg")
-
-        def reuse(features):
-            if not taps_match_prior_features(predictor.model, features):
-                return None
-            # late-bound: each run gets fresh encodings
-            return lambda pixels, weights=None: self._encodings.descriptors(pixels, weights)
-
-        return build_tag_prior(name, device=predictor.device, vocabulary=vocabulary, reuse=reuse)
-
-    def _class_text(self, name: str):
-        """CLIP text embeddings of a class for models that use text (None otherwise)."""
-        config = self.load().config
-        if not config.use_text:
-            return None
-        if self._text_encoder is None:
-            from hhn.text import TextEncoder
-
-            self._text_encoder = TextEncoder(config.clip_model, config.clip_pretrained, device=self.device)
-        return self._text_encoder.class_embeddings(name, template=config.text_template, benchmark=config.benchmark)
+            self._pipeline = FewShotPipeline(self.load(), prior=self._prior)
+        return self._pipeline
 
     # ------------------------------------------------------------------ supports
     def _read(self, session: Session, rel: str, cache: dict[str, np.ndarray | None]) -> np.ndarray | None:
@@ -446,33 +394,24 @@ class Engine:
                 cache[rel] = None
         return cache[rel]
 
-    def _prepare_class(self, session: Session, plan: ClassPlan, vocabulary: Sequence[str],
-                       pixels: dict[str, np.ndarray | None]) -> tuple[ClassPrior, SupportSet]:
-        """Fit the class's prior and encode its support set (each gallery image decoded and encoded
-        once per run). ``vocabulary``: the names of the run's classes."""
+    def _prepare_class(self, session: Session, plan: ClassPlan, pixels: dict[str, np.ndarray | None]) -> ClassSegmenter:
+        """Fit the class's prior and encode its support set through the pipeline (each gallery image
+        decoded and encoded once per run)."""
         from hhn.priors.base import TaggedImage
 
-        predictor = self.load()
         positives: dict[str, TaggedImage] = {}
         for rel in plan.positives:
             image = self._read(session, rel, pixels)
             if image is not None:
                 painted = session.mask(rel) if rel in plan.painted else None  # None: no mask (any more)
-                positives[rel] = TaggedImage(image, None if painted is None else (painted == plan.id).astype(np.float32))
+                positives[rel] = TaggedImage(image,
+                                             None if painted is None else (painted == plan.id).astype(np.float32))
         negatives = [im for im in (self._read(session, r, pixels) for r in plan.negatives) if im is not None]
         if not positives:
             raise EngineError(f"class {plan.name!r}: none of its images can be read "
                               f"({', '.join(plan.positives[:5])}); fix or re-tag them")
-        if self._prior is None:
-            self._prior = self.default_prior(vocabulary)
-        prior = self._prior.fit(plan.name, list(positives.values()), negatives)
-        images, masks = [], []
-        for rel in (r for r in plan.supports if r in positives):
-            images.append(self._encodings(positives[rel].pixels))
-            mask = prior(positives[rel])  # the user's mask where there is one, else the prior's map
-            masks.append(mask if positives[rel].mask is not None else predictor.support_map(images[-1], mask))
-        support = predictor.encode_support(images, masks, text=self._class_text(plan.name))
-        return prior, support
+        supports = [positives[rel] for rel in plan.supports if rel in positives]
+        return self.pipeline().fit(plan.name, list(positives.values()), negatives, supports=supports)
 
     # ------------------------------------------------------------------ run
     def propose(
@@ -493,34 +432,37 @@ class Engine:
         self.warnings = []
         if not plan.queries:
             return
-        self._encodings = _Encodings(self.load())
+        pipeline = self.pipeline()
+        pipeline.use_vocabulary([c.name for c in plan.classes])
         pixels: dict[str, np.ndarray | None] = {}
-        vocabulary = [c.name for c in plan.classes]
         prepared = []
-        for c in plan.classes:
-            if should_stop():
-                return
-            prepared.append(self._prepare_class(session, c, vocabulary, pixels))
+        try:
+            for c in plan.classes:
+                if should_stop():
+                    return
+                prepared.append(self._prepare_class(session, c, pixels))
+        finally:
+            pipeline.forget_images()
         del pixels  # supports are encoded: free the gallery before streaming the queries
-        self._encodings.clear()
         queries = list(plan.queries)
         for start in range(0, len(queries), self.batch_size):
-            batch, stop = self._run_batch(session, plan, prepared, queries[start:start + self.batch_size],
-                                          should_stop)
-            self._encodings.clear()
+            try:
+                batch, stop = self._run_batch(session, plan, prepared, queries[start:start + self.batch_size],
+                                              should_stop)
+            finally:
+                pipeline.forget_images()
             if store:
-                self._store(session, batch)
+                store_proposals(session, batch)
             yield from batch
             if stop:
                 return
 
-    def _run_batch(self, session: Session, plan: RunPlan, prepared: Sequence[tuple[ClassPrior, SupportSet]],
+    def _run_batch(self, session: Session, plan: RunPlan, prepared: Sequence[ClassSegmenter],
                    rels: Sequence[str], should_stop: Callable[[], bool]) -> tuple[list[ProposalResult], bool]:
-        """Decode, encode and predict one batch; stops taking new images once ``should_stop()``."""
-        predictor = self.load()
+        """Decode and predict one batch for every class; stops taking new images once ``should_stop()``."""
         started = time.perf_counter()
         done: list[ProposalResult] = []
-        ok: list[tuple[ProposalResult, np.ndarray, EncodedImage]] = []
+        ok: list[tuple[ProposalResult, np.ndarray]] = []
         stop = False
         for rel in rels:
             if should_stop():
@@ -530,35 +472,22 @@ class Engine:
             try:
                 image = session.read_image(rel)
             except ImageReadError as exc:
-                done.append(ProposalResult(rel, key, None, error=str(exc)))
+                done.append(ProposalResult(rel, key, None, error=str(exc), model=self.model_name))
                 continue
-            result = ProposalResult(rel, key, None)
+            result = ProposalResult(rel, key, None, model=self.model_name)
             done.append(result)
-            ok.append((result, image, self._encodings(image)))
+            ok.append((result, image))
         if ok:
             resolvers = [_Resolver() for _ in ok]
-            for prior, support in prepared:
-                preds = predictor.predict_batch([e for _, _, e in ok], support, [prior(im) for _, im, _ in ok])
-                for resolver, pred in zip(resolvers, preds):
+            for segmenter in prepared:
+                for resolver, pred in zip(resolvers, segmenter.predict_batch([im for _, im in ok])):
                     resolver.add(pred.fg_prob)
             ids = [c.id for c in plan.classes]
-            for (result, _, _), resolver in zip(ok, resolvers):
+            for (result, _), resolver in zip(ok, resolvers):
                 result.label_map, best = resolver.finish(ids, self.threshold)
                 result.scores, result.fractions = _summarise(result.label_map, best, plan.classes)
         per_image = (time.perf_counter() - started) / max(1, len(done))
         for result in done:
             result.seconds = per_image
         return done, stop
-
-    def _store(self, session: Session, batch: Sequence[ProposalResult]) -> None:
-        """Save a batch's maps as proposals with one ``project.json`` write."""
-        with session.deferred_save():
-            for result in batch:
-                if result.label_map is None:
-                    continue
-                try:
-                    result.stored = session.set_proposal(result.image, result.label_map, model=self.model_name,
-                                                         scores=result.scores)
-                except UserError as exc:  # the file changed on disk meanwhile, or a class was removed
-                    result.error = f"not stored: {exc}"
 

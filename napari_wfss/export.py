@@ -206,6 +206,8 @@ class DatasetWriter:
             if old is not None and old["meta"] == meta and self._files_exist(old):
                 return False
             label_map = s.current_label_map(image)
+            if label_map is None:  # already refused by _meta
+                raise SessionError(f"nothing to export for {image}: it has no proposal or mask")
             palette = s.classes.palette()
             source = s.image_path(image)
         files = {"mask": f"{MASKS_DIR}/{key}.png", "image": "", "tiff": ""}
@@ -294,7 +296,8 @@ class DatasetWriter:
     @staticmethod
     def _coco(records: list[dict], classes: ClassTable) -> dict:
         known = set(classes.ids)
-        images, annotations = [], []
+        images: list[dict] = []
+        annotations: list[dict] = []
         for image_id, rec in enumerate(records, 1):
             images.append({
                 "id": image_id,

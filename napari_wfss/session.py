@@ -1,30 +1,12 @@
 """The annotation session: an image folder, its classes, tags, proposals and masks, kept in a project folder.
 
-Project folder (default ``<image folder>/.wfss``)::
-
-    project.json            format/version, image folder, classes, one record per image
-    proposals/<key>.png     the model's label map (palette PNG of class ids)
-    masks/<key>.png         the user's label map: edited, then accepted (palette PNG of class ids)
-
-``<key>`` is the image's relative path without extension, folders joined by ``__`` (``sub/a.png`` ->
-``sub__a``); a clash (``a.png`` beside ``a.jpg``) gets the extension appended (``a_jpg``), then a
-number. Keys are assigned once and stored, so they never change for an image.
+:class:`Session` composes the project store (:mod:`~napari_wfss.project_store`: folder layout,
+project.json, image keys, writer lock), the image statuses (:mod:`~napari_wfss.statuses`) and the tag
+CSV files (:mod:`~napari_wfss.tag_csv`).
 
 Images are named in the API by their path relative to the image folder (POSIX ``/``), e.g.
-``"sub/a.png"``; absolute paths inside the folder are accepted too.
-
-Status of an image, derived from what is stored (so it cannot disagree with the files):
-
-=========== ====================================================================================
-untagged    nothing yet
-tagged      has image-level tags (class names present), no proposal or mask
-proposed    has a model proposal
-edited      has a user mask (edits captured) that is not accepted yet
-accepted    the user accepted the mask; never overwritten by a proposal
-rejected    the user rejected the proposal (it was deleted); a new proposal may replace it
-=========== ====================================================================================
-
-Tags are independent of status: a proposed or accepted image keeps its tags.
+``"sub/a.png"``; absolute paths inside the folder are accepted too. Label maps are ``(H, W)`` arrays of
+class ids at the image's size.
 
 Durability: every file is written atomically (:mod:`napari_wfss.atomic`); a mask PNG is written before
 ``project.json`` refers to it, and a file is deleted only after ``project.json`` stopped referring to
@@ -32,34 +14,25 @@ it, so a kill at any moment leaves a consistent project. With ``autosave`` on (t
 change is saved at once; :meth:`Session.deferred_save` groups many changes into one write.
 All public methods take one re-entrant lock, so worker threads and the UI thread may share a session.
 
-One writer per project: a session that may write holds ``.project.lock`` in the project folder (an
-operating-system file lock, released by :meth:`Session.close` or when the process ends, even if it is
-killed), so a second napari window, process or ``Session`` on the same project is refused with a clear
-error instead of silently overwriting the first one's edits. ``read_only=True`` opens without the lock
-(the proposal child process reads the project that way) and refuses every write.
+One writer per project: a session that may write holds the project's writer lock, so a second napari
+window, process or ``Session`` on the same project is refused with a clear error
+(:class:`ProjectInUseError`) instead of silently overwriting the first one's edits. ``read_only=True``
+opens without the lock (the proposal child process reads the project that way) and refuses every write.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import itertools
-import json
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from hhn.errors import UserError
-
-from .atomic import atomic_open, atomic_write_text, remove_stale_temps
-from .classes import BACKGROUND_ID, IGNORE_ID, ClassInfo, ClassTable, ClassTableError
+from . import tag_csv
+from .classes import BACKGROUND_ID, IGNORE_ID, ClassInfo, ClassTable
 from .images import (
     IMAGE_EXTENSIONS,
     ImageFolderError,
@@ -72,119 +45,30 @@ from .images import (
     read_label_png,
     write_label_png,
 )
-
-FORMAT_NAME = "napari-wfss-project"
-FORMAT_VERSION = 1
-PROJECT_FILE = "project.json"
-PROJECT_LOCK = ".project.lock"
-DEFAULT_PROJECT_DIRNAME = ".wfss"
-PROPOSALS_DIR = "proposals"
-MASKS_DIR = "masks"
-
-UNTAGGED, TAGGED, PROPOSED, EDITED, ACCEPTED, REJECTED = (
-    "untagged", "tagged", "proposed", "edited", "accepted", "rejected",
+from .project_store import (
+    DEFAULT_PROJECT_DIRNAME,
+    MASKS_DIR,
+    PROJECT_FILE,
+    PROPOSALS_DIR,
+    Unlocked,
+    acquire_writer_lock,
+    find_project,
+    label_file,
+    new_key,
+    read_project,
+    remove_project_temps,
+    state_from_record,
+    utc_now,
+    write_project,
 )
-STATUSES = (UNTAGGED, TAGGED, PROPOSED, EDITED, ACCEPTED, REJECTED)
+from .session_errors import ProjectInUseError, SessionError, UnknownImageError
+from .statuses import ACCEPTED, EDITED, PROPOSED, REJECTED, STATUSES, TAGGED, UNTAGGED, ImageState
+from .tag_csv import TagImportReport
 
-_UNSAFE_KEY_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
-_MAX_KEY_CHARS = 120
-_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
-
-
-class SessionError(UserError):
-    """A project cannot be created/opened, or an action is not allowed in the image's current state."""
-
-
-class ProjectInUseError(SessionError):
-    """Another session (window, process) holds the project for writing."""
-
-
-class UnknownImageError(SessionError, KeyError):
-    """An image name that is not part of the session."""
-
-    def __str__(self) -> str:  # KeyError would add quotes around the message
-        return str(self.args[0]) if self.args else ""
-
-
-class _Unlocked:
-    """Stands in for the writer lock on a file system that cannot lock files (some network shares)."""
-
-    warning = ("this file system cannot lock files: nothing stops another napari-wfss window from opening this "
-               "project too, and the last one to save would overwrite the other's edits")
-
-    def release(self) -> None:
-        """Nothing to release."""
-
-
-def _acquire_writer_lock(project: Path):
-    """The project's writer lock (``filelock.FileLock``), held; :class:`ProjectInUseError` at once if taken;
-    an :class:`_Unlocked` where the file system cannot lock."""
-    from filelock import FileLock, Timeout
-
-    try:
-        project.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(project / PROJECT_LOCK, thread_local=False)
-        lock.acquire(timeout=0)
-    except NotImplementedError:  # filelock's answer where flock is unsupported
-        return _Unlocked()
-    except Timeout:
-        raise ProjectInUseError(
-            f"the project {project} is open in another napari-wfss window, process or session; close it "
-            f"there first (its lock is released when that process ends, even if it crashed)"
-        ) from None
-    except OSError as exc:
-        raise SessionError(f"cannot lock the project {project} for writing: {exc}") from exc
-    return lock
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _dumps_project(data: dict) -> str:
-    """JSON text of a project: top-level fields indented, one compact line per image (fast and diffable)."""
-    head = json.dumps({k: v for k, v in data.items() if k != "images"}, indent=1, ensure_ascii=False)
-    images = ",\n  ".join(map(_LINE_ENCODER.encode, data["images"]))
-    return f'{head[:-2]},\n "images": [\n  {images}\n ]\n}}\n'
-
-
-def _key_candidates(rel: str) -> Iterator[str]:
-    """File-name-safe keys for ``rel`` in order of preference (see the module doc)."""
-    p = PurePosixPath(rel)
-    base = "__".join((*p.parent.parts, p.stem)) if str(p.parent) != "." else p.stem
-    base = _UNSAFE_KEY_CHARS.sub("_", base).lstrip(".") or "image"
-    if len(base) > _MAX_KEY_CHARS:
-        base = f"{base[:_MAX_KEY_CHARS - 9]}_{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
-    yield base
-    ext = p.suffix.lstrip(".").lower()
-    if ext:
-        yield f"{base}_{ext}"
-    for n in itertools.count(2):
-        yield f"{base}_{n}"
-
-
-@dataclass
-class _Entry:
-    """Mutable per-image state; ``tags`` are class ids; meta dicts as stored in project.json."""
-
-    path: str
-    key: str
-    tags: set[int] = field(default_factory=set)
-    proposal: dict | None = None  # {"model", "time", "scores", "classes"}
-    mask: dict | None = None  # {"time", "classes"}
-    accepted: str | None = None  # time of acceptance
-    rejected: str | None = None  # time of rejection
-    missing: bool = False  # the file is gone from the image folder (runtime only)
-
-    @property
-    def status(self) -> str:
-        if self.rejected:
-            return REJECTED
-        if self.mask is not None:
-            return ACCEPTED if self.accepted else EDITED
-        if self.proposal is not None:
-            return PROPOSED
-        return TAGGED if self.tags else UNTAGGED
+__all__ = [
+    "ACCEPTED", "EDITED", "PROPOSED", "REJECTED", "STATUSES", "TAGGED", "UNTAGGED",
+    "ImageInfo", "ProjectInUseError", "Session", "SessionError", "TagImportReport", "UnknownImageError",
+]
 
 
 @dataclass(frozen=True)
@@ -208,42 +92,6 @@ class ImageInfo:
     missing: bool
 
 
-@dataclass
-class TagImportReport:
-    """What :meth:`Session.import_tags_csv` did and what it could not do (line numbers are 1-based)."""
-
-    path: str
-    tags_added: int = 0
-    images_tagged: list[str] = field(default_factory=list)
-    new_classes: list[str] = field(default_factory=list)
-    unknown_images: list[tuple[int, str]] = field(default_factory=list)
-    ambiguous_images: list[tuple[int, str, list[str]]] = field(default_factory=list)
-    bad_rows: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True if every row was applied."""
-        return not (self.unknown_images or self.ambiguous_images or self.bad_rows)
-
-    @property
-    def problems(self) -> list[str]:
-        """One readable line per row that was not applied."""
-        out = [f"{self.path}:{line}: unknown image {name!r} (not in the image folder)" for line, name in self.unknown_images]
-        out += [f"{self.path}:{line}: image {name!r} is ambiguous, give its relative path: {', '.join(c[:5])}"
-                for line, name, c in self.ambiguous_images]
-        out += [f"{self.path}:{line}: {reason}" for line, reason in self.bad_rows]
-        return out
-
-    def summary(self) -> str:
-        """A one-paragraph account for logs and the CLI."""
-        text = f"{self.tags_added} tag(s) on {len(self.images_tagged)} image(s) from {self.path}"
-        if self.new_classes:
-            text += f"; new classes: {', '.join(self.new_classes)}"
-        if not self.ok:
-            text += f"; {len(self.problems)} row(s) skipped:\n  " + "\n  ".join(self.problems)
-        return text
-
-
 class Session:
     """An image folder under annotation, persisted in a project folder. Build with :meth:`create`,
     :meth:`open` or :meth:`open_or_create`, not with the constructor."""
@@ -253,7 +101,7 @@ class Session:
         self._project_dir = project_dir
         self._classes = classes
         self._recursive = recursive
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, ImageState] = {}
         self._lock = threading.RLock()
         self._writer = None  # the project's FileLock while this session may write; None when read-only
         self._defer_depth = 0
@@ -262,6 +110,16 @@ class Session:
         self.warnings: list[str] = []
 
     # ================================================================== construction
+    @staticmethod
+    def _project_of(folder: Path, project_dir: str | os.PathLike[str] | None) -> Path:
+        """``project_dir`` resolved, by default ``<folder>/.wfss``."""
+        return Path(project_dir).expanduser().resolve() if project_dir else folder / DEFAULT_PROJECT_DIRNAME
+
+    @staticmethod
+    def _refuse_existing(project: Path) -> None:
+        if (project / PROJECT_FILE).exists():
+            raise SessionError(f"a project already exists in {project}; open it instead (resume)")
+
     @classmethod
     def create(
         cls,
@@ -277,9 +135,8 @@ class Session:
         :class:`~napari_wfss.images.ImageFolderError` if the folder has no images.
         """
         folder = Path(image_folder).expanduser().resolve()
-        project = Path(project_dir).expanduser().resolve() if project_dir else folder / DEFAULT_PROJECT_DIRNAME
-        if (project / PROJECT_FILE).exists():
-            raise SessionError(f"a project already exists in {project}; open it instead (resume)")
+        project = cls._project_of(folder, project_dir)
+        cls._refuse_existing(project)
         session = cls(folder, project, classes.copy() if classes is not None else ClassTable(), recursive)
         session.autosave = False  # nothing is written before the images are found and the lock is held
         added, _ = session.rescan()
@@ -289,10 +146,9 @@ class Session:
                 f"no images found in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)}"
                 f"{'' if recursive else '; sub-folders are searched only with recursive=True'})"
             )
-        session._hold(_acquire_writer_lock(project))
+        session._hold(acquire_writer_lock(project))
         try:
-            if (project / PROJECT_FILE).exists():  # another process created it meanwhile
-                raise SessionError(f"a project already exists in {project}; open it instead (resume)")
+            cls._refuse_existing(project)  # another process created it meanwhile
             session.save()
         except BaseException:
             session.close()
@@ -313,59 +169,30 @@ class Session:
         writing, unless ``read_only`` (then nothing is written: the repairs stay in memory, and every
         change that would be saved raises :class:`SessionError`).
         """
-        project = Path(project_dir).expanduser().resolve()
-        if not (project / PROJECT_FILE).is_file() and (project / DEFAULT_PROJECT_DIRNAME / PROJECT_FILE).is_file():
-            project = project / DEFAULT_PROJECT_DIRNAME
-        path = project / PROJECT_FILE
-        if not path.is_file():
-            raise SessionError(f"no project found in {project} (expected {PROJECT_FILE}); create one first")
-        writer = None if read_only else _acquire_writer_lock(project)  # before reading: no stale snapshot
+        project = find_project(project_dir)
+        writer = None if read_only else acquire_writer_lock(project)  # before reading: no stale snapshot
         try:
-            session, records = cls._read(project, path, image_folder)
+            stored = read_project(project, image_folder)
+            session = cls(stored.image_folder, project, stored.classes, stored.recursive)
             if writer is not None:
                 session._hold(writer)
-                for d in (project, project / PROPOSALS_DIR, project / MASKS_DIR):
-                    if d.is_dir():
-                        remove_stale_temps(d)
-            return session._load(records, path)
+                remove_project_temps(project)
+            return session._load(stored.images)
         except BaseException:
             if writer is not None:
                 writer.release()
             raise
 
-    @classmethod
-    def _read(cls, project: Path, path: Path, image_folder: str | os.PathLike[str] | None) -> tuple[Session, list]:
-        """A session from the project file at ``path``, and its image records (for :meth:`_load`)."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise SessionError(f"no project found in {project} (expected {PROJECT_FILE}); create one first") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SessionError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-            raise SessionError(f"{path} is not a napari-wfss project file")
-        version = data.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise SessionError(
-                f"{path} has project format version {version!r}; this napari-wfss reads up to "
-                f"{FORMAT_VERSION}. Upgrade napari-wfss to open it."
-            )
-        folder = cls._locate_image_folder(project, data, image_folder)
-        try:
-            classes = ClassTable.from_records(data.get("classes", []))
-        except ClassTableError as exc:
-            raise SessionError(f"{path}: invalid class table: {exc}") from exc
-        return cls(folder, project, classes, bool(data.get("recursive", False))), data.get("images", [])
-
-    def _load(self, records: list, path: Path) -> Session:
-        """Fill the entries from the image ``records`` read from ``path``, rescan, save repairs (if writable)."""
+    def _load(self, records: list) -> Session:
+        """Fill the entries from project.json's image ``records``, rescan, save repairs (if writable)."""
         with self._lock:
             self.autosave = False
             try:
                 for rec in records:
                     self._load_entry(rec)
             except (KeyError, TypeError, AttributeError) as exc:
-                raise SessionError(f"{path}: malformed image record ({type(exc).__name__}: {exc})") from exc
+                raise SessionError(f"{self._project_dir / PROJECT_FILE}: malformed image record "
+                                   f"({type(exc).__name__}: {exc})") from exc
             self.rescan()
             self.autosave = True
             if self._dirty and self.writable:
@@ -373,9 +200,10 @@ class Session:
         return self
 
     def _hold(self, writer) -> None:
-        """Keep the writer lock from :func:`_acquire_writer_lock` (and say so when it could not lock)."""
+        """Keep the writer lock from :func:`~napari_wfss.project_store.acquire_writer_lock` (and say so
+        when it could not lock)."""
         self._writer = writer
-        if isinstance(writer, _Unlocked):
+        if isinstance(writer, Unlocked):
             self.warnings.append(writer.warning)
 
     @property
@@ -407,46 +235,29 @@ class Session:
     ) -> Session:
         """:meth:`open` the project if it exists (resume), else :meth:`create` it."""
         folder = Path(image_folder).expanduser().resolve()
-        project = Path(project_dir).expanduser().resolve() if project_dir else folder / DEFAULT_PROJECT_DIRNAME
+        project = cls._project_of(folder, project_dir)
         if (project / PROJECT_FILE).exists():
             return cls.open(project, image_folder=folder)
         return cls.create(folder, project, recursive=recursive)
 
-    @staticmethod
-    def _locate_image_folder(project: Path, data: dict, override: str | os.PathLike[str] | None) -> Path:
-        if override is not None:
-            candidates = [Path(override).expanduser().resolve()]
-        else:
-            candidates = [(project / data.get("image_folder", "..")).resolve()]
-            if data.get("image_folder_absolute"):
-                candidates.append(Path(data["image_folder_absolute"]))
-        for c in candidates:
-            if c.is_dir():
-                return c
-        tried = " or ".join(str(c) for c in candidates)
-        raise SessionError(f"image folder of project {project} not found ({tried}); pass its new location")
-
     def _load_entry(self, rec: Mapping) -> None:
-        rel = str(rec["path"])
-        entry = _Entry(rel, str(rec["key"]))
-        for name in rec.get("tags", []):
+        """Add one project.json image record, dropping (with a warning) what no longer exists."""
+        entry, tag_names = state_from_record(rec)
+        rel = entry.path
+        for name in tag_names:
             info = self._classes.find(name)
             if info is None:
                 self.warnings.append(f"{rel}: tag {name!r} is not in the class table; dropped")
                 self._dirty = True
             else:
                 entry.tags.add(info.id)
-        entry.proposal = rec.get("proposal")
-        entry.mask = rec.get("mask")
-        entry.accepted = rec.get("accepted")
-        entry.rejected = rec.get("rejected")
         if entry.proposal is not None and not self._file(PROPOSALS_DIR, entry).is_file():
             self.warnings.append(f"{rel}: proposal file {self._file(PROPOSALS_DIR, entry)} is missing; dropped")
-            entry.proposal = None
+            entry.drop_proposal()
             self._dirty = True
         if entry.mask is not None and not self._file(MASKS_DIR, entry).is_file():
             self.warnings.append(f"{rel}: mask file {self._file(MASKS_DIR, entry)} is missing; dropped")
-            entry.mask, entry.accepted = None, None
+            entry.drop_mask()
             self._dirty = True
         self._entries[rel] = entry
 
@@ -465,7 +276,7 @@ class Session:
                 rel = p.relative_to(self._image_folder).as_posix()
                 present.add(rel)
                 if rel not in self._entries:
-                    self._entries[rel] = _Entry(rel, self._new_key(rel))
+                    self._entries[rel] = ImageState(rel, new_key(rel, (e.key for e in self._entries.values())))
                     added.append(rel)
             missing = []
             for rel, entry in self._entries.items():
@@ -477,10 +288,6 @@ class Session:
             if added:
                 self._changed()
             return added, missing
-
-    def _new_key(self, rel: str) -> str:
-        taken = {e.key.casefold() for e in self._entries.values()}  # safe on case-insensitive disks
-        return next(k for k in _key_candidates(rel) if k.casefold() not in taken)
 
     # ================================================================== persistence
     @property
@@ -503,43 +310,15 @@ class Session:
         """Whether sub-folders of the image folder are part of the session."""
         return self._recursive
 
-    def _file(self, kind: str, entry: _Entry) -> Path:
-        return self._project_dir / kind / f"{entry.key}.png"
-
-    def _to_json(self) -> dict:
-        try:
-            rel_folder = os.path.relpath(self._image_folder, self._project_dir)
-        except ValueError:  # another drive on Windows
-            rel_folder = str(self._image_folder)
-        names = {c.id: c.name for c in self._classes}
-        images = []
-        for e in self._entries.values():
-            images.append({
-                "path": e.path,
-                "key": e.key,
-                "status": e.status,  # informative; the status is derived from the fields below on load
-                "tags": [names[i] for i in sorted(e.tags)],
-                "proposal": e.proposal,
-                "mask": e.mask,
-                "accepted": e.accepted,
-                "rejected": e.rejected,
-            })
-        return {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "saved": _now(),
-            "image_folder": Path(rel_folder).as_posix(),
-            "image_folder_absolute": str(self._image_folder),
-            "recursive": self._recursive,
-            "classes": self._classes.to_records(),
-            "images": images,
-        }
+    def _file(self, kind: str, entry: ImageState) -> Path:
+        return label_file(self._project_dir, kind, entry.key)
 
     def save(self) -> None:
         """Write ``project.json`` now (atomically)."""
         with self._lock:
             self._require_writable()
-            atomic_write_text(self._project_dir / PROJECT_FILE, _dumps_project(self._to_json()))
+            write_project(self._project_dir, self._image_folder, self._recursive, self._classes,
+                          self._entries.values())
             self._dirty = False
 
     def _require_writable(self) -> None:
@@ -568,7 +347,7 @@ class Session:
                     self.save()
 
     # ================================================================== images
-    def _entry(self, image: str | os.PathLike[str]) -> _Entry:
+    def _entry(self, image: str | os.PathLike[str]) -> ImageState:
         text = os.fspath(image)
         entry = self._entries.get(text)
         if entry is None:
@@ -708,7 +487,7 @@ class Session:
             for e in self._entries.values():
                 e.tags.discard(info.id)
                 if e.proposal and info.id in e.proposal["classes"]:
-                    e.proposal = None
+                    e.drop_proposal()
                     dropped.append(e)
             self._classes.remove(info.name)
             self._save_then_unlink([self._file(PROPOSALS_DIR, e) for e in dropped])
@@ -779,22 +558,6 @@ class Session:
             return [rel for rel, e in self._entries.items()
                     if not e.missing and e.tags and (wanted is None or wanted in e.tags)]
 
-    def _match_image(self, text: str) -> list[str]:
-        """Relative paths matching ``text`` by relative path, then file name, then stem (exact, then case-folded)."""
-        name = text.strip().replace("\\", "/")
-        while name.startswith("./"):
-            name = name[2:]
-        if os.path.isabs(name):
-            with contextlib.suppress(UnknownImageError):
-                return [self._entry(name).path]
-        rels = [rel for rel, e in self._entries.items() if not e.missing]
-        for field_of in (lambda r: r, lambda r: PurePosixPath(r).name, lambda r: PurePosixPath(r).stem):
-            for fold in (lambda s: s, str.casefold):
-                hits = [r for r in rels if fold(field_of(r)) == fold(name)]
-                if hits:
-                    return hits
-        return []
-
     def import_tags_csv(self, path: str | os.PathLike[str]) -> TagImportReport:
         """Apply ``image,class`` rows (one class per row; repeat the image for several classes).
 
@@ -803,57 +566,16 @@ class Session:
         class names are added to the class table. Rows that cannot be applied are listed in the
         returned report (nothing is raised for them); the good rows are applied and saved once.
         """
-        report = TagImportReport(str(path))
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as fh:
-                rows = list(csv.reader(fh))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise SessionError(f"cannot read tags file {path}: {exc}") from exc
-        first = True
-        with self.deferred_save():
-            for line, row in enumerate(rows, 1):
-                cells = [c.strip() for c in row]
-                if not any(cells) or cells[0].startswith("#"):
-                    continue
-                is_header = first and [c.lower() for c in cells[:2]] == ["image", "class"]
-                first = False
-                if is_header:
-                    continue
-                if len(cells) < 2 or not cells[0] or not cells[1]:
-                    report.bad_rows.append((line, f"expected 'image,class', got {','.join(row)!r}"))
-                    continue
-                hits = self._match_image(cells[0])
-                if not hits:
-                    report.unknown_images.append((line, cells[0]))
-                    continue
-                if len(hits) > 1:
-                    report.ambiguous_images.append((line, cells[0], hits))
-                    continue
-                is_new = cells[1] not in self._classes
-                try:
-                    changed = self.tag(hits[0], cells[1], add_class=True)
-                except ClassTableError as exc:
-                    report.bad_rows.append((line, str(exc)))
-                    continue
-                if is_new:
-                    report.new_classes.append(self._classes.find(cells[1]).name)
-                if changed:
-                    report.tags_added += 1
-                    if hits[0] not in report.images_tagged:
-                        report.images_tagged.append(hits[0])
-        return report
+        return tag_csv.import_tags(self, path)
 
     def export_tags_csv(self, path: str | os.PathLike[str]) -> None:
         """Write every tag as an ``image,class`` row (header included), in session and class order."""
         with self._lock:
             rows = [(rel, name) for rel in self._entries for name in self.tags_of(rel)]
-        with atomic_open(path, "w") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["image", "class"])
-            w.writerows(rows)
+        tag_csv.write_tags(path, rows)
 
     # ================================================================== label maps
-    def _validated(self, entry: _Entry, label_map: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def _validated(self, entry: ImageState, label_map: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """Check shape against the image and ids against the class table; return uint8 map and class ids."""
         arr = as_label_map(label_map)
         expected = image_size(self._image_folder / entry.path)
@@ -889,18 +611,17 @@ class Session:
         """
         with self._lock:
             entry = self._entry(image)
-            if entry.mask is not None:
+            if not entry.takes_proposal:
                 return False
             arr, present = self._validated(entry, label_map)
             self._require_writable()
             write_label_png(self._file(PROPOSALS_DIR, entry), arr, self._classes.palette())
-            entry.proposal = {
+            entry.propose({
                 "model": str(model),
-                "time": _now(),
+                "time": utc_now(),
                 "scores": {str(k): float(v) for k, v in scores.items()} if scores else None,
                 "classes": present,
-            }
-            entry.rejected = None
+            })
             self._changed()
             return True
 
@@ -930,20 +651,19 @@ class Session:
                 return self._file(MASKS_DIR, entry)
             return self._file(PROPOSALS_DIR, entry) if entry.proposal is not None else None
 
-    def _store_mask(self, entry: _Entry, label_map: np.ndarray) -> None:
+    def _write_mask(self, entry: ImageState, label_map: np.ndarray) -> dict:
+        """Validate and write the user's label map for ``entry``; return its metadata (not recorded yet)."""
         arr, present = self._validated(entry, label_map)
         self._require_writable()
         write_label_png(self._file(MASKS_DIR, entry), arr, self._classes.palette())
-        entry.mask = {"time": _now(), "classes": present}
+        return {"time": utc_now(), "classes": present}
 
     def mark_edited(self, image: str | os.PathLike[str], label_map: np.ndarray) -> None:
         """Capture the user's edited label map; status becomes ``edited`` (also for an accepted image,
         whose mask is then replaced by the edit and must be accepted again)."""
         with self._lock:
             entry = self._entry(image)
-            self._store_mask(entry, label_map)
-            entry.accepted = None
-            entry.rejected = None
+            entry.edit(self._write_mask(entry, label_map))
             self._changed()
 
     def accept(self, image: str | os.PathLike[str], label_map: np.ndarray | None = None) -> None:
@@ -954,14 +674,9 @@ class Session:
         """
         with self._lock:
             entry = self._entry(image)
-            if label_map is not None:
-                self._store_mask(entry, label_map)
-            elif entry.mask is None:
-                if entry.proposal is None:
-                    raise SessionError(f"nothing to accept for {entry.path}: propose it or paint a mask first")
-                self._store_mask(entry, self.proposal(image))
-            entry.accepted = _now()
-            entry.rejected = None
+            if label_map is None and entry.mask is None:
+                label_map = self.proposal(image)  # the proposal as it is; None if there is none
+            entry.accept(utc_now(), None if label_map is None else self._write_mask(entry, label_map))
             self.save()  # always, whatever autosave or deferred_save say
 
     def reject(self, image: str | os.PathLike[str], *, force: bool = False) -> None:
@@ -972,15 +687,9 @@ class Session:
         """
         with self._lock:
             entry = self._entry(image)
-            if entry.accepted and not force:
-                raise SessionError(
-                    f"{entry.path} is accepted; to discard its mask reject it with force=True "
-                    "(or edit it: edits are kept as a new, unaccepted mask)"
-                )
             files = [self._file(PROPOSALS_DIR, entry)] if entry.proposal else []
             files += [self._file(MASKS_DIR, entry)] if entry.mask else []
-            entry.proposal = entry.mask = entry.accepted = None
-            entry.rejected = _now()
+            entry.reject(utc_now(), force=force)
             self._save_then_unlink(files)
 
     def _save_then_unlink(self, files: Iterable[Path]) -> None:

@@ -131,6 +131,7 @@ def test_rerun_resumes_instead_of_redoing(tmp_path, capsys):
     _check_export(out, [f"u{i:02d}.png" for i in range(6)] + ["u99.png"])
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_rerun_loses_nothing(tmp_path, child_sees_tests):
     folder, tags = make_folder(tmp_path, n_untagged=12)
     out = tmp_path / "out"
@@ -260,7 +261,8 @@ def test_tags_may_be_fixed_before_anything_is_labelled(tmp_path):
     with pytest.raises(BatchError):
         label_folder(folder, tags, tmp_path / "out", fake_engine(), progress=False)
     tags.write_text(TAGS)
-    assert label_folder(folder, tags, tmp_path / "out", fake_engine(), progress=False).labelled == ["u00.png", "u01.png"]
+    result = label_folder(folder, tags, tmp_path / "out", fake_engine(), progress=False)
+    assert result.labelled == ["u00.png", "u01.png"]
 
 
 def test_a_corrected_class_name_leaves_no_trace(tmp_path):
@@ -270,7 +272,8 @@ def test_a_corrected_class_name_leaves_no_trace(tmp_path):
         label_folder(folder, tags, tmp_path / "out", Engine("no-such-model", prior=red_prior()), progress=False)
     tags.write_text(TAGS)
     label_folder(folder, tags, tmp_path / "out", fake_engine(), progress=False)
-    assert [line.split()[1] for line in (tmp_path / "out" / "classes.txt").read_text().splitlines()[1:]] == ["cat", "dog"]
+    classes_txt = (tmp_path / "out" / "classes.txt").read_text()
+    assert [line.split()[1] for line in classes_txt.splitlines()[1:]] == ["cat", "dog"]
     assert Session.open(tmp_path / "out" / PROJECT_DIRNAME).classes.names == ["cat", "dog"]
 
 
@@ -296,11 +299,12 @@ def tiny_model():
     return HHN(dataclasses.replace(load_preset("wfss-lite0"), image_size=(64, 64)), pretrained_backbone=False)
 
 
+@pytest.mark.slow
 def test_wfss_label_end_to_end(tmp_path, tiny_model, monkeypatch, capsys):
     from hhn.checkpoints import save_checkpoint
 
     save_checkpoint(tiny_model, tmp_path / "tiny", include_backbone=True)
-    monkeypatch.setattr(Engine, "default_prior", lambda self, vocabulary: red_prior())
+    monkeypatch.setattr("hhn.pipeline.default_tag_prior", lambda *args: red_prior())
     folder, tags = make_folder(tmp_path, n_untagged=3)
     argv = ["label", str(folder), "--tags", str(tags), "--out", str(tmp_path / "out"),
             "--model", str(tmp_path / "tiny.safetensors"), "--shots", "1", "--device", "cpu", "--threshold", "0"]
@@ -319,7 +323,7 @@ def test_untrained_preset_is_labelled_in_output_and_manifest(tmp_path, tiny_mode
 
     names = []
     monkeypatch.setattr(hhn.factory, "create_model", lambda name, **kw: names.append(name) or tiny_model)
-    monkeypatch.setattr(Engine, "default_prior", lambda self, vocabulary: red_prior())
+    monkeypatch.setattr("hhn.pipeline.default_tag_prior", lambda *args: red_prior())
     folder, tags = make_folder(tmp_path, n_untagged=1)
     argv = ["label", str(folder), "--tags", str(tags), "--out", str(tmp_path / "out"),
             "--model", "preset:wfss-lite0", "--shots", "1", "--device", "cpu"]
@@ -354,15 +358,15 @@ def test_cli_snap_and_refine_flags_reach_the_engine(tmp_path, monkeypatch):
     class Built(Exception):
         pass
 
-    def engine(**options):
+    def from_options(options):
         raise Built(options)
 
-    monkeypatch.setattr(batch, "Engine", engine)
+    monkeypatch.setattr(batch.Engine, "from_options", from_options)
     folder, tags = make_folder(tmp_path, n_untagged=1)
     args = ["label", str(folder), "--tags", str(tags), "--out", str(tmp_path / "out")]
     with pytest.raises(Built) as built:
         main([*args, "--no-snap", "--refine-supports"])
-    assert built.value.args[0]["snap"] is False and built.value.args[0]["refine_supports"] is True
+    assert built.value.args[0].snap is False and built.value.args[0].refine_supports is True
     with pytest.raises(Built) as built:
         main(args)
-    assert built.value.args[0]["snap"] is True and built.value.args[0]["refine_supports"] is None
+    assert built.value.args[0].snap is True and built.value.args[0].refine_supports is None

@@ -55,6 +55,7 @@ def test_round_trip_with_backbone_gives_identical_outputs(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_untouched_pretrained_backbone_is_left_out_and_reloaded(tmp_path):
     model = small_lite0(pretrained=True)  # EfficientNet-Lite0 file from its pip package
     save_checkpoint(model, tmp_path / "heads.safetensors")

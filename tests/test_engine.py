@@ -16,15 +16,14 @@ import pytest
 from PIL import Image
 
 from hhn.config import DecisionRule
+from hhn.errors import UserError
 from hhn.priors.base import ClassPrior, TagPrior, as_tagged
 from napari_wfss.engine import (
     Engine,
     EngineError,
-    _Encodings,
     default_queries,
     plan_run,
     resolve_label_map,
-    taps_match_prior_features,
 )
 from napari_wfss.session import ACCEPTED, EDITED, PROPOSED, Session
 
@@ -282,8 +281,11 @@ class FakePredictor:
     def support_map(self, image, prior, rule=None):
         return prior
 
-    def predict_batch(self, queries, support, priors):
-        return [SimpleNamespace(fg_prob=p.astype(np.float32)) for p in priors]
+    def logits_batch(self, queries, support, priors):
+        return priors
+
+    def decide(self, scored, rule=None):
+        return SimpleNamespace(fg_prob=scored.astype(np.float32))
 
 
 def test_resolve_label_map_by_hand():
@@ -368,28 +370,29 @@ def test_unreadable_query_is_reported_and_the_run_goes_on(session):
 def test_prior_reuses_the_network_taps_only_when_they_are_its_own_features(tiny_model):
     from hhn.config import load_preset
     from hhn.network import HHN
-    from hhn.predictor import Predictor
+    from hhn.pipeline import taps_match_prior_features
     from hhn.priors.coseg import CosegPrior
     from hhn.priors.features import DenseFeatures
 
+    def default_prior(model):
+        return Engine(model, device="cpu").pipeline().prior
+
     features = DenseFeatures()
     assert not taps_match_prior_features(tiny_model, features)  # random backbone, 64x64
-    assert isinstance(Engine(tiny_model, device="cpu").default_prior(["a"]).features, DenseFeatures)
+    assert isinstance(default_prior(tiny_model).features, DenseFeatures)
 
     assert not taps_match_prior_features(HHN(load_preset("wfss-lite0"), pretrained_backbone=True), features)  # 256
     at_prior_size = dataclasses.replace(load_preset("wfss-lite0"), image_size=(features.size, features.size))
     pretrained = HHN(at_prior_size, pretrained_backbone=True)
     assert taps_match_prior_features(pretrained, features)
-    engine = Engine(pretrained, device="cpu")
-    prior = engine.default_prior(["a", "b"])
+    prior = default_prior(pretrained)
     assert isinstance(prior, CosegPrior) and not isinstance(prior.features, DenseFeatures)
     # a model whose config names the multi-scale prior: only its 320 px member can read the network's taps
     multi_scale = HHN(dataclasses.replace(at_prior_size, tag_prior="coseg-ms"), pretrained_backbone=True)
-    members = Engine(multi_scale, device="cpu").default_prior(["a"]).members
+    members = default_prior(multi_scale).members
     assert not isinstance(members[0].features, DenseFeatures)
     assert [m.features.size for m in members[1:]] == [448, 576]
     pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    engine._encodings = _Encodings(Predictor(pretrained, device="cpu"))  # what a run sets up
     reused = prior.descriptors(pixels)  # the prior's own call, with its tap weights
     own = features(pixels, prior.tap_weights)
     np.testing.assert_allclose(reused.numpy(), own.numpy(), atol=1e-3)  # prior caches float16
@@ -403,9 +406,9 @@ def test_preset_models_are_labelled_untrained():
 
 
 def test_bad_settings_are_user_errors():
-    with pytest.raises(EngineError, match="at least 1"):
+    with pytest.raises(UserError, match="at least 1"):
         Engine("default", shots=0)
-    with pytest.raises(EngineError, match="threshold"):
+    with pytest.raises(UserError, match="threshold"):
         Engine("default", threshold=1.5)
 
 

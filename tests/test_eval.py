@@ -74,6 +74,7 @@ def test_hhn_method_runs_with_a_checkpoint(synth, capsys, tiny_model, feature_ca
     assert result["method"] == "hhn" and 0 <= result["miou"] <= 100
 
 
+@pytest.mark.slow
 def test_the_tag_prior_is_the_models_own_unless_given(synth, capsys, tiny_model, feature_cache, tmp_path):
     import shutil
 

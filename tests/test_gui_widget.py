@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("child_sees_tests")]
 
 def fake_engine(project: str, **options: object):
     """Stand-in for the model: a centred box of one tagged class per image, ``WFSS_FAKE_DELAY`` s each."""
-    from napari_wfss.engine import default_queries
+    from napari_wfss.engine import ProposalResult, default_queries
     from napari_wfss.session import Session
 
     delay = float(os.environ.get("WFSS_FAKE_DELAY", "0"))
@@ -30,12 +30,12 @@ def fake_engine(project: str, **options: object):
         h, w = session.read_image(rel).shape[:2]
         label_map = np.zeros((h, w), np.uint8)
         label_map[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = ids[i % len(ids)]
-        yield rel, label_map
+        yield ProposalResult(rel, session.key(rel), label_map, model="fake")
 
 
 @pytest.fixture
 def widget(make_napari_viewer_proxy, qtbot):
-    from napari_wfss._widget import WfssWidget
+    from napari_wfss._qt.widget import WfssWidget
 
     viewer = make_napari_viewer_proxy()
     w = WfssWidget(viewer)
@@ -183,7 +183,7 @@ def test_closing_during_a_run_releases_the_project_after_it(widget, sample_image
 def test_keys_tag_and_navigate_on_the_canvas(make_napari_viewer, sample_images, qtbot):
     from qtpy.QtCore import Qt
 
-    from napari_wfss._widget import WfssWidget
+    from napari_wfss._qt.widget import WfssWidget
 
     viewer = make_napari_viewer()
     widget = WfssWidget(viewer)
@@ -224,11 +224,16 @@ def test_run_settings_reach_the_engine_options(widget, sample_images, tmp_path):
     import json
 
     from hhn.model_names import default_model_dir
+    from napari_wfss.cli import build_parser
+    from napari_wfss.options import ProposalOptions
+
+    def cli_options(*flags):
+        args = build_parser().parse_args(["label", "f", "--tags", "t", "--out", "o", "--shots", "5", *flags])
+        return ProposalOptions.from_args(args)
 
     widget.open_folder(sample_images)
-    options = widget._engine_options()
-    assert options["threshold"] is None and options["snap"] is True  # the model's own rule
-    assert options["refine_supports"] is None
+    options = widget.proposal_options()
+    assert options == cli_options()  # the model's own rule: no threshold, snap as the rule says
     shipped = json.loads((default_model_dir() / "model.json").read_text())["config"]["decision"]["threshold"]
     assert widget.threshold_spin.text() == f"model's ({shipped:.2f})"  # read before any run
     widget.model_edit.setText("preset:tlg-resnet50-pascal")  # the released rule: argmax, 0.5
@@ -240,9 +245,51 @@ def test_run_settings_reach_the_engine_options(widget, sample_images, tmp_path):
     widget.threshold_spin.setValue(0.7)
     widget.snap_check.setChecked(False)
     widget.refine_check.setChecked(True)
-    options = widget._engine_options()
-    assert options["threshold"] == pytest.approx(0.7) and options["snap"] is False
-    assert options["refine_supports"] is True
+    options = widget.proposal_options()
+    assert options == cli_options("--model", str(tmp_path / "absent.safetensors"), "--threshold", "0.7",
+                                  "--no-snap", "--refine-supports")
+    widget.threshold_spin.setValue(0.0)  # 0 means what `wfss label --threshold 0` means: no background
+    assert widget.proposal_options().threshold == 0.0
+    assert widget.proposal_options() == cli_options("--model", str(tmp_path / "absent.safetensors"),
+                                                    "--threshold", "0", "--no-snap", "--refine-supports")
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_is_reported_by_the_cli_and_the_widget(widget, sample_images, tiny_model, qtbot,
+                                                                    tmp_path):
+    """The same broken file through ``wfss label`` (a subprocess: torch stays out of this process) and the
+    widget's real engine: both name it with the same reason; the readable image is proposed by both."""
+    import subprocess
+    import sys
+
+    from napari_wfss._engine_process import DEFAULT_ENGINE
+
+    keep_only(sample_images, {"coin_00.png", "cat_00.png", "coin_01.png"})
+    (sample_images / "broken.png").write_bytes(b"this is not a png")
+    tags = tmp_path / "tags.csv"
+    tags.write_text("image,class\ncoin_00.png,coin\ncat_00.png,cat\n")
+    cli = subprocess.run([sys.executable, "-m", "napari_wfss.cli", "label", str(sample_images), "--tags", str(tags),
+                          "--out", str(tmp_path / "out"), "--model", tiny_model, "--shots", "1", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr
+    assert "labelled 1 image(s), 0 already done, 1 failed" in cli.stdout
+    failed = [line for line in cli.stdout.splitlines() if line.startswith("failed: broken.png: ")]
+    assert len(failed) == 1
+    reason = failed[0].removeprefix("failed: broken.png: ")
+
+    widget.engine_spec = DEFAULT_ENGINE
+    widget.model_edit.setText(tiny_model)
+    widget.device_combo.setCurrentText("cpu")
+    widget.shots_spin.setValue(1)
+    widget.open_folder(sample_images)
+    _tag_two_images(widget)
+    widget.propose()
+    _wait_run(qtbot, widget, timeout=600_000)
+    assert widget.skipped == [("broken.png", reason)]
+    assert widget.skipped_list.isVisible() or not widget.isVisible()
+    assert widget.skipped_list.count() == 1 and widget.skipped_list.item(0).text() == f"{reason}: broken.png"
+    assert "1 proposed, 1 skipped" in widget.run_label.text()
+    assert widget.session.proposal("coin_01.png") is not None
 
 
 def test_reader_opens_a_folder_in_the_widget(make_napari_viewer_proxy, sample_images):
@@ -267,12 +314,13 @@ def test_sample_data_opens_the_tagged_sample(make_napari_viewer_proxy, qtbot, tm
 def failing_engine(project: str, **options: object):
     """One proposal, then a user-fixable error."""
     from hhn.errors import UserError
+    from napari_wfss.engine import ProposalResult
     from napari_wfss.session import UNTAGGED, Session
 
     session = Session.open(project, read_only=True)
     rel = session.images_with_status(UNTAGGED)[0]
     h, w = session.read_image(rel).shape[:2]
-    yield rel, np.zeros((h, w), np.uint8)
+    yield ProposalResult(rel, session.key(rel), np.zeros((h, w), np.uint8), model="fake")
     raise UserError("the model file is missing; run `wfss weights` to see where to put it")
 
 
@@ -329,7 +377,8 @@ def test_class_table_rename_recolour_and_csv_round_trip(widget, sample_images, t
 
     csv_path = tmp_path / "classes.csv"
     widget.export_classes_csv(csv_path)
-    assert csv_path.read_text().splitlines() == ["id,name,color", "1,coin,#ff0000", f"2,kitten,{widget.session.classes.get('kitten').hex_color}"]
+    kitten_color = widget.session.classes.get("kitten").hex_color
+    assert csv_path.read_text().splitlines() == ["id,name,color", "1,coin,#ff0000", f"2,kitten,{kitten_color}"]
     extra = tmp_path / "more.csv"
     extra.write_text("id,name,color\n3,dog,#00ff00\n")
     widget.import_classes_csv(extra)

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 CODE = """
 import json, sys
 import hhn, hhn.network, hhn.predictor, hhn.config, hhn.bench, hhn.tlg_keys, hhn.kshot, hhn.device
@@ -11,6 +13,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
+@pytest.mark.slow
 def test_model_library_does_not_import_napari_or_qt():
     done = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True)
     modules = json.loads(done.stdout.strip().splitlines()[-1])

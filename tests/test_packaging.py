@@ -39,7 +39,8 @@ def test_parser_maps_each_subcommand_to_an_importable_runner():
     import importlib
 
     parser = build_parser()
-    minimal = {"label": ["label", "f", "--tags", "t.csv", "--out", "o"], "train": ["train", "--data", "d", "--out", "o"],
+    minimal = {"label": ["label", "f", "--tags", "t.csv", "--out", "o"],
+               "train": ["train", "--data", "d", "--out", "o"],
                "eval": ["eval", "--data", "d"], "convert-tlg": ["convert-tlg", "a", "b"], "bench": ["bench"],
                "weights": ["weights"], "sample": ["sample", "o"]}
     for name in SUBCOMMANDS:

@@ -272,10 +272,10 @@ def test_gradcam_unavailable_weights(tmp_path, monkeypatch):
 
     with pytest.raises(PriorUnavailableError, match="coseg"):
         GradCamPrior.from_pretrained("RN50", str(tmp_path / "missing.safetensors"))
-    import hhn.weights
+    import hhn.weights.clip
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hhn.weights, "_cached_clip_file", lambda *a, **k: None)  # as on a machine without them
+    monkeypatch.setattr(hhn.weights.clip, "cached_clip_file", lambda *a, **k: None)  # as on a machine without them
     with pytest.raises(PriorUnavailableError, match="RN50"):
         GradCamPrior.from_pretrained("RN50", "openai")
 

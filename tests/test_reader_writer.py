@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from hhn.errors import UserError
-from napari_wfss._reader import get_reader
-from napari_wfss._writer import write_labels_png
+from napari_wfss._qt.reader import get_reader
+from napari_wfss._qt.writer import write_labels_png
 from napari_wfss.classes import ClassTable
 
 
@@ -82,8 +82,8 @@ def test_the_napari_layer_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import json, sys; import napari_wfss._widget, napari_wfss._reader, napari_wfss._writer, "
-            "napari_wfss._sample_data, napari_wfss._engine_process, napari_wfss.sample; "
+    code = ("import json, sys; import napari_wfss._qt.widget, napari_wfss._qt.reader, napari_wfss._qt.writer, "
+            "napari_wfss._qt.sample_data, napari_wfss._engine_process, napari_wfss.sample; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'torchvision', 'open_clip', 'triton', 'hhn'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -162,6 +162,8 @@ def test_support_map_keeps_a_prior_that_refining_would_empty():
 def test_eval_method_encodes_refined_tag_supports_and_shares_passes_between_alike_rules():
     from hhn.config import DecisionRule
     from hhn.evaluation.methods import HHNMethod, MethodInputs
+    from hhn.pipeline import FewShotPipeline
+    from hhn.priors.base import ClassPrior
 
     image, disk = _disk_scene()
     prior = np.where(ndimage.binary_dilation(disk, iterations=10), 0.8, 0.1).astype(np.float32)
@@ -174,8 +176,14 @@ def test_eval_method_encodes_refined_tag_supports_and_shares_passes_between_alik
              DecisionRule(0.5, 0.7, snap=0.06, refine_supports=True),
              DecisionRule(0.5, 0.6, snap=0.03, refine_supports=True)]
     shared: dict = {}
-    methods = [HHNMethod(predictor, decision=r, shared=shared) for r in rules]
-    tags = MethodInputs("cow", image, [image], [prior], prior)
+    pipeline = FewShotPipeline(predictor)
+    methods = [HHNMethod(pipeline, decision=r, shared=shared) for r in rules]
+
+    class Fitted(ClassPrior):
+        def _map(self, pixels):
+            return prior
+
+    tags = MethodInputs("cow", image, [image], [], prior, Fitted("cow"))
     masks = [m.predict(tags) for m in methods]
     assert len(calls) == 3  # rules that encode the supports alike share a pass: prior / refined at 0.06 / at 0.03
     assert torch.equal(calls[0][0], predictor._network_map(prior)[0])
@@ -183,7 +191,7 @@ def test_eval_method_encodes_refined_tag_supports_and_shares_passes_between_alik
     assert torch.equal(calls[1][0], refined) and not torch.equal(calls[0], calls[1])
     assert torch.equal(calls[2][0], predictor._network_map(predictor.support_map(image, prior, rules[4]))[0])
     assert all(m.shape == disk.shape and m.dtype == bool for m in masks)
-    with_masks = MethodInputs("cow", image, [image], [disk.astype(np.uint8)], prior)
+    with_masks = MethodInputs("cow", image, [image], [disk.astype(np.uint8)], prior, Fitted("cow"))
     for m in methods:
         m.predict(with_masks)
     assert len(calls) == 4  # a pixel-mask support is never refined: one pass for every rule

@@ -19,10 +19,10 @@ from PIL import Image
 from hhn.errors import UserError
 from napari_wfss.classes import ClassTableError
 from napari_wfss.images import ImageFolderError, LabelMapError
+from napari_wfss.project_store import FORMAT_VERSION
 from napari_wfss.session import (
     ACCEPTED,
     EDITED,
-    FORMAT_VERSION,
     PROPOSED,
     REJECTED,
     TAGGED,
@@ -128,7 +128,8 @@ CHILD_OPENS = "import sys\nfrom napari_wfss.session import Session\nSession.open
 def test_one_writer_per_project(session):
     with pytest.raises(ProjectInUseError, match="open in another napari-wfss window, process or session"):
         Session.open(session.project_dir)  # a second session in this process
-    child = subprocess.run([sys.executable, "-c", CHILD_OPENS, str(session.project_dir)], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", CHILD_OPENS, str(session.project_dir)],
+                           capture_output=True, text=True)
     assert child.returncode != 0 and "ProjectInUseError" in child.stderr  # and in another process
     viewer = Session.open(session.project_dir, read_only=True)  # reading needs no lock
     assert not viewer.writable and viewer.classes.names == ["cow", "sheep"]
@@ -139,7 +140,8 @@ def test_one_writer_per_project(session):
     session.close()  # idempotent
     with pytest.raises(SessionError, match="read-only or closed"):
         session.tag("a.png", "cow")
-    child = subprocess.run([sys.executable, "-c", CHILD_OPENS, str(session.project_dir)], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", CHILD_OPENS, str(session.project_dir)],
+                           capture_output=True, text=True)
     assert child.stdout.strip() == "opened", child.stderr  # released by close(), and by the child's exit
     with Session.open(session.project_dir) as again:
         again.tag("a.png", "cow")

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hhn import text, weights
+from hhn import text
 from hhn.errors import PriorUnavailableError, UserError
 from hhn.text import GENERIC_BACKGROUND, ClassPhrases, TextEncoder, class_phrases, lookup_phrases
+from hhn.weights import locations
 
 TINY = "wfss-tiny-clip-test"
 TINY_CFG = {
@@ -146,7 +147,7 @@ def test_placed_file_for_a_quick_gelu_tag_is_used(tiny_file, tmp_path, monkeypat
     """A tag resolved from our weight folder, with the tag's QuickGELU setting applied."""
     monkeypatch.setenv("WFSS_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(weights, "user_weights_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(locations, "user_weights_dir", lambda: tmp_path / "none")
     cfg = {"hf_hub": "nobody/none/", "quick_gelu": True}
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda m, t: cfg if (m, t) == (TINY, "fake") else {})
     (tmp_path / f"{TINY}-fake.safetensors").write_bytes(tiny_file.read_bytes())
@@ -166,7 +167,7 @@ def test_wrong_file_for_architecture_is_prior_unavailable(tmp_path):
 def test_unavailable_clip_fails_fast_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WFSS_WEIGHTS_DIR", str(tmp_path / "w"))
-    monkeypatch.setattr(weights, "user_weights_dir", lambda: tmp_path / "user")
+    monkeypatch.setattr(locations, "user_weights_dir", lambda: tmp_path / "user")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     start = time.perf_counter()
     with pytest.raises(PriorUnavailableError) as err:

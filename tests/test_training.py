@@ -79,6 +79,7 @@ def test_prior_bank_round_trip_keeps_every_class_of_an_image(setup, tmp_path):
     assert not other.load(tmp_path / "priors.npz") and not other._maps  # other settings: not reused
 
 
+@pytest.mark.slow
 def test_tiny_training_run_lowers_the_loss(setup, tmp_path):
     losses = _trainer(setup, tmp_path / "run", steps=40).run()
     first, last = np.mean(losses[:8]), np.mean(losses[-8:])
@@ -96,6 +97,7 @@ def test_resume_continues_exactly(setup, tmp_path):
     np.testing.assert_allclose(rest, straight[5:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_tracks_float32_and_lowers_the_loss(setup, tmp_path):
     # on CPU, AMP is bfloat16 autocast: the same code path as CUDA's float16 minus the loss scaler
     full = _trainer(setup, tmp_path / "fp32", steps=1)
@@ -183,7 +185,8 @@ def test_train_cli_requires_held_out_classes(tmp_path):
     from hhn.training.cli import run_train_cli
 
     root = write_generic_dataset(tmp_path / "synth")
-    args = argparse.Namespace(data=str(root), layout="auto", preset="wfss-lite0", recipe="ours", out=str(tmp_path / "o"),
+    args = argparse.Namespace(data=str(root), layout="auto", preset="wfss-lite0", recipe="ours",
+                              out=str(tmp_path / "o"),
                               steps=1, resume=False, test_classes=None, fold=None, seed=0, device="cpu",
                               prior_positives=3, prior_negatives=3, threads=None, amp=False)
     with pytest.raises(UserError, match="held-out"):

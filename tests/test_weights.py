@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import torchvision
 from skimage import data
 
-from hhn import weights
 from hhn.errors import PriorUnavailableError, WeightsNotFoundError
-from hhn.weights import InvalidWeightsError, load_backbone_weights
+from hhn.weights import cli, clip, files, locations
+from hhn.weights.files import InvalidWeightsError, load_backbone_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,14 +35,14 @@ def dirs(tmp_path, monkeypatch):
         p.mkdir()
     monkeypatch.setenv("WFSS_WEIGHTS_DIR", str(d.env))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(weights, "user_weights_dir", lambda: d.user)
+    monkeypatch.setattr(locations, "user_weights_dir", lambda: d.user)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(d.hub))
     return d
 
 
 def test_search_order_is_cache_dir_env_user_hub(dirs, tmp_path):
-    assert [p for p, _ in weights.weight_dirs()] == [dirs.env, dirs.user, dirs.hub / "checkpoints"]
-    assert [p for p, _ in weights.weight_dirs(tmp_path / "c")] == [
+    assert [p for p, _ in locations.weight_dirs()] == [dirs.env, dirs.user, dirs.hub / "checkpoints"]
+    assert [p for p, _ in locations.weight_dirs(tmp_path / "c")] == [
         tmp_path / "c", dirs.env, dirs.user, dirs.hub / "checkpoints"]
 
 
@@ -80,7 +80,7 @@ def test_missing_resnet_names_file_url_and_folders_fast(dirs):
 def test_failed_download_is_one_actionable_error(dirs, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("WFSS_OFFLINE", raising=False)
-    monkeypatch.setattr(weights, "check_reachable", lambda url: None)
+    monkeypatch.setattr(files, "check_reachable", lambda url: None)
     calls = []
 
     def failing_download(url, **kwargs):
@@ -89,7 +89,7 @@ def test_failed_download_is_one_actionable_error(dirs, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", failing_download)
     with pytest.raises(WeightsNotFoundError) as err:
-        weights.weight_file_path("vgg16")
+        files.weight_file_path("vgg16")
     assert "download failed" in str(err.value) and "vgg16-397923af.pth" in str(err.value)
     (url, kwargs), = calls
     assert url == "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -103,10 +103,10 @@ def test_unreachable_host_fails_before_the_downloader(dirs, monkeypatch):
     def unreachable(url):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(weights, "check_reachable", unreachable)
+    monkeypatch.setattr(files, "check_reachable", unreachable)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("downloader called"))
     with pytest.raises(WeightsNotFoundError, match="no network"):
-        weights.weight_file_path("resnet50")
+        files.weight_file_path("resnet50")
 
 
 def _save_random_resnet50(path):
@@ -139,19 +139,19 @@ def test_hash_prefix_in_name_is_verified(dirs):
     torch.save({"w": torch.arange(3)}, path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     good = path.rename(dirs.env / f"resnet50-{digest[:8]}.pth")
-    weights.verify_weight_file("resnet50", good)  # honest prefix: accepted
+    files.verify_weight_file("resnet50", good)  # honest prefix: accepted
     bad = good.rename(dirs.env / f"resnet50-{'0' * 8 if digest[0] != '0' else '1' * 8}.pth")
     with pytest.raises(InvalidWeightsError):
-        weights.verify_weight_file("resnet50", bad)
+        files.verify_weight_file("resnet50", bad)
 
 
 def test_alternative_torchvision_name_in_hub_cache_is_found(dirs):
     hub = dirs.hub / "checkpoints"
     hub.mkdir(parents=True)
     (hub / "resnet50-0676ba61.pth").write_bytes(b"x")
-    assert weights.find_weight_file("resnet50") == hub / "resnet50-0676ba61.pth"
+    assert files.find_weight_file("resnet50") == hub / "resnet50-0676ba61.pth"
     (dirs.user / "resnet50-19c8e357.pth").write_bytes(b"x")
-    assert weights.find_weight_file("resnet50") == dirs.user / "resnet50-19c8e357.pth"
+    assert files.find_weight_file("resnet50") == dirs.user / "resnet50-19c8e357.pth"
 
 
 def test_wrong_architecture_file_is_rejected(dirs):
@@ -173,7 +173,7 @@ def test_clip_offline_names_the_file_to_place(dirs, tmp_path):
 
     start = time.perf_counter()
     with pytest.raises(PriorUnavailableError) as err:
-        weights.resolve_clip_weights("ViT-B-32", "openai", cache_dir=str(tmp_path / "hf"))
+        clip.resolve_clip_weights("ViT-B-32", "openai", cache_dir=str(tmp_path / "hf"))
     assert time.perf_counter() - start < 2.0
     msg = str(err.value)
     assert str(dirs.env / "ViT-B-32-openai.safetensors") in msg
@@ -182,18 +182,18 @@ def test_clip_offline_names_the_file_to_place(dirs, tmp_path):
 
 def test_clip_file_placed_in_weights_dir_is_found_with_quick_gelu(dirs):
     (dirs.env / "RN50-openai.safetensors").write_bytes(b"x")
-    found = weights.resolve_clip_weights("RN50", "openai")
+    found = clip.resolve_clip_weights("RN50", "openai")
     assert found.checkpoint == dirs.env / "RN50-openai.safetensors"
     assert found.quick_gelu  # OpenAI weights were trained with QuickGELU
 
 
 def test_clip_unknown_tag_and_missing_file(dirs, tmp_path):
     with pytest.raises(PriorUnavailableError, match="known tags"):
-        weights.resolve_clip_weights("ViT-B-32", "no-such-tag")
+        clip.resolve_clip_weights("ViT-B-32", "no-such-tag")
     with pytest.raises(PriorUnavailableError, match="does not exist"):
-        weights.resolve_clip_weights("ViT-B-32", str(tmp_path / "missing.safetensors"))
+        clip.resolve_clip_weights("ViT-B-32", str(tmp_path / "missing.safetensors"))
     with pytest.raises(PriorUnavailableError, match="open_clip_config.json"):
-        weights.resolve_clip_weights(f"local-dir:{tmp_path}")
+        clip.resolve_clip_weights(f"local-dir:{tmp_path}")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -201,12 +201,12 @@ def test_clip_torchscript_archive_is_refused(dirs, tmp_path):
     path = tmp_path / "ViT-B-32.pt"  # the format of OpenAI's original release
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     with pytest.raises(PriorUnavailableError, match="TorchScript"):
-        weights.resolve_clip_weights("ViT-B-32-quickgelu", str(path))
+        clip.resolve_clip_weights("ViT-B-32-quickgelu", str(path))
 
 
 def test_weights_cli_lists_every_file(dirs, capsys):
     _save_random_resnet50(dirs.env / "resnet50-19c8e357.pth")
-    assert weights.run_weights_cli(types.SimpleNamespace(presets=False)) == 0
+    assert cli.run_weights_cli(types.SimpleNamespace(presets=False)) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "BAD HASH" in rows["resnet50"] and str(dirs.env) in rows["resnet50"]
@@ -219,7 +219,7 @@ def test_weights_cli_lists_every_file(dirs, capsys):
 def test_weights_cli_presets_only(dirs, capsys):
     from hhn.config import list_presets
 
-    weights.run_weights_cli(types.SimpleNamespace(presets=True))
+    cli.run_weights_cli(types.SimpleNamespace(presets=True))
     out = capsys.readouterr().out
     assert all(name in out for name in list_presets())
     assert "resnet50-19c8e357.pth" not in out

@@ -75,7 +75,8 @@ class VGG16Taps(nn.Module):
                 module.inplace = False
             elif isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, h, w) -> 7 maps of 512 channels: 3 @ stride 8, 3 @ 16, pool5 @ 32 (floor)."""
@@ -121,8 +122,8 @@ def _build_efficientnet_lite0(image_size: tuple[int, int]) -> nn.Module:
 class BackboneSpec:
     """A backbone: how to build it and what its taps are.
 
-    tap_channels / tap_strides: one entry per tapped map, in forward order.
-    rounding: how the map side follows from the input side (``ceil`` or ``floor`` of size / stride).
+    tap_channels / tap_strides: one entry per tapped map, in forward order (how a map's side follows
+    from the input side is ``hhn.registry.BACKBONE_ROUNDING[name]``).
     query_taps / support_taps: HA's (low, mid, high) tap indices for each image (spec 1.6).
     residual_tap: the support tap feeding HT's heterogeneous residual of BOTH branches (spec 1.7.5).
     absent_pretrained_prefixes: key prefixes of the upstream ImageNet weight file that this module
@@ -132,7 +133,6 @@ class BackboneSpec:
     name: str
     tap_channels: tuple[int, ...]
     tap_strides: tuple[int, ...]
-    rounding: str
     query_taps: tuple[int, int, int]
     support_taps: tuple[int, int, int]
     residual_tap: int
@@ -150,13 +150,13 @@ class BackboneSpec:
         return tuple(sorted({self.tap_channels[i] for i in taps}))
 
     def build(self, image_size: tuple[int, int], pretrained: bool = False) -> nn.Module:
-        """Create the tap module in eval mode; ``pretrained`` fills it via ``hhn.weights``.
+        """Create the tap module in eval mode; ``pretrained`` fills it via ``hhn.weights.files``.
 
         Raises ``hhn.errors.WeightsNotFoundError`` when pretrained weights are requested but absent.
         """
-        module = self.factory(tuple(image_size))
+        module = self.factory((image_size[0], image_size[1]))
         if pretrained:
-            from hhn.weights import load_backbone_weights
+            from hhn.weights.files import load_backbone_weights
 
             load_backbone_weights(self.name, module)
         return module.eval()
@@ -175,15 +175,15 @@ _LITE_CH, _LITE_ST = _stride_groups((2, 40, 8), (3, 80, 16), (3, 112, 16), (4, 1
 
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(
-        name="resnet50", tap_channels=_RESNET_CH, tap_strides=_RESNET_ST, rounding="ceil",
+        name="resnet50", tap_channels=_RESNET_CH, tap_strides=_RESNET_ST,
         query_taps=(0, 4, 10), support_taps=(3, 9, 12), residual_tap=9,
         absent_pretrained_prefixes=("fc.",), factory=_build_resnet50),
     "vgg16": BackboneSpec(
-        name="vgg16", tap_channels=_VGG_CH, tap_strides=_VGG_ST, rounding="floor",
+        name="vgg16", tap_channels=_VGG_CH, tap_strides=_VGG_ST,
         query_taps=(0, 3, 6), support_taps=(2, 5, 6), residual_tap=5,
         absent_pretrained_prefixes=("classifier.",), factory=_build_vgg16),
     "efficientnet_lite0": BackboneSpec(
-        name="efficientnet_lite0", tap_channels=_LITE_CH, tap_strides=_LITE_ST, rounding="ceil",
+        name="efficientnet_lite0", tap_channels=_LITE_CH, tap_strides=_LITE_ST,
         query_taps=(0, 2, 8), support_taps=(1, 7, 12), residual_tap=7,
         absent_pretrained_prefixes=("_conv_head.", "_bn1.", "_fc."), factory=_build_efficientnet_lite0),
 }

@@ -11,7 +11,7 @@ A checkpoint ``<name>`` is two files side by side:
 - ``{"source": "checkpoint"}``: the ``backbone.*`` tensors are in the safetensors file (e.g. the
   authors' models, whose backbone drifted during training);
 - ``{"source": "pretrained", "file": "<name of the ImageNet file>"}``: the backbone is left out and
-  reloaded from its pretrained file through :mod:`hhn.weights` (the shipped default model stores only
+  reloaded from its pretrained file through :mod:`hhn.weights.files` (the shipped default model stores only
   the trained heads: 11.7 MB instead of 23.7 MB for ``wfss-lite0``; 14.7 MB instead of 109 MB for
   ``tlg-resnet50-*``).
   :func:`save_checkpoint` chooses this automatically only when the model's backbone is bit-identical
@@ -48,6 +48,7 @@ from hhn.model_names import (
 
 if TYPE_CHECKING:
     from hhn.config import HHNConfig
+    from hhn.network import HHN
 
 BACKBONE_PREFIX = "backbone."
 
@@ -70,7 +71,7 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------------------
 # Paths and atomic writes
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it onto ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -92,9 +93,9 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # Saving
 # ----------------------------------------------------------------------------------------------
-def backbone_is_pretrained(model: torch.nn.Module) -> bool:
+def backbone_is_pretrained(model: HHN) -> bool:
     """True when ``model.backbone`` equals its ImageNet file bit for bit (the file must be on disk)."""
-    from hhn.weights import find_weight_file, load_weight_state_dict
+    from hhn.weights.files import find_weight_file, load_weight_state_dict
 
     name = model.config.backbone
     if find_weight_file(name) is None:
@@ -123,7 +124,7 @@ def write_checkpoint(config: HHNConfig, state_dict: dict[str, torch.Tensor], pat
     from safetensors.torch import save_file
 
     import hhn
-    from hhn.weights import WEIGHT_FILES
+    from hhn.weights.files import WEIGHT_FILES
 
     backbone = ({"source": "checkpoint"} if include_backbone else
                 {"source": "pretrained", "file": WEIGHT_FILES[config.backbone].filename})
@@ -143,7 +144,7 @@ def write_checkpoint(config: HHNConfig, state_dict: dict[str, torch.Tensor], pat
     return tensors
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: dict | None = None,
+def save_checkpoint(model: HHN, path: str | os.PathLike, metadata: dict | None = None,
                     include_backbone: bool | None = None) -> Path:
     """Write ``model`` (an :class:`hhn.network.HHN`) in our format.
 
@@ -222,14 +223,14 @@ def build_from_checkpoint(ckpt: Checkpoint, pretrained: bool = True, device: str
         pretrained: for a checkpoint without backbone, load the backbone's ImageNet file (True) or
             leave it randomly initialised (False, for tests).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a torch.device.
-        cache_dir: extra folder searched first for the backbone file (see :mod:`hhn.weights`).
+        cache_dir: extra folder searched first for the backbone file (see :mod:`hhn.weights.files`).
 
     Returns:
         The model in eval mode on ``device``.
     """
     from hhn.device import select_device
     from hhn.network import HHN
-    from hhn.weights import load_backbone_weights
+    from hhn.weights.files import load_backbone_weights
 
     model = HHN(ckpt.config, pretrained_backbone=False)
     expect_backbone = ckpt.backbone_source == "checkpoint"

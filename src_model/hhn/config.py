@@ -16,10 +16,10 @@ from importlib import resources
 from typing import Any
 
 from hhn.errors import UserError
-from hhn.priors.catalog import TAG_PRIORS
+from hhn.registry import BACKBONE_ROUNDING, TAG_PRIORS
 
-#: Backbone names known to the model (the registry in ``hhn.backbones`` has exactly these keys).
-SUPPORTED_BACKBONES = ("resnet50", "vgg16", "efficientnet_lite0")
+#: Backbone names known to the model (``hhn.registry``; ``hhn.backbones.BACKBONES`` builds exactly these).
+SUPPORTED_BACKBONES = tuple(BACKBONE_ROUNDING)
 #: Benchmarks whose class-phrase tables the authors' checkpoints were trained with.
 SUPPORTED_BENCHMARKS = ("pascal", "coco")
 
@@ -101,7 +101,8 @@ def parse_trim_weights(text: str) -> tuple[float, ...]:
         weights = tuple(float(v) for v in text.split("/"))
     except ValueError:
         raise UserError(f"trim weights must be A/B/C numbers (e.g. 1/0.5/0), got {text!r}") from None
-    return DecisionRule(trim=weights).trim
+    DecisionRule(trim=weights)  # raises UserError unless they are three valid tap weights
+    return weights
 
 
 def parse_decision_rule(text: str) -> DecisionRule:
@@ -178,7 +179,7 @@ class HHNConfig:
     ``decision``: how foreground is decided from the network and the query prior (:class:`DecisionRule`;
     the default is the network's argmax, as in the released code).
 
-    ``tag_prior``: the tag prior the model is used with, a name of ``hhn.priors.catalog.TAG_PRIORS``
+    ``tag_prior``: the tag prior the model is used with, a name of ``hhn.registry.TAG_PRIORS``
     (like ``decision``, an inference setting chosen on development episodes; training builds its
     episodes' priors with ``coseg``). None: ``coseg``, or CLIP Grad-CAM in the app for a model that
     reads CLIP text.
@@ -241,9 +242,7 @@ class HHNConfig:
     @property
     def geometry(self) -> Geometry:
         """The derived spatial sizes (see :class:`Geometry`); raises UserError if they do not fit."""
-        from hhn.backbones import BACKBONES  # lazy: imports torch
-
-        rounding = BACKBONES[self.backbone].rounding
+        rounding = BACKBONE_ROUNDING[self.backbone]
         h, w = self.image_size
         g8, g16, g32 = ((_grid(h, s, rounding), _grid(w, s, rounding)) for s in (8, 16, 32))
         # The three correlation groups must squeeze to the same second-image size (spec 1.5 strides).

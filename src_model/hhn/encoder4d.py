@@ -93,7 +93,9 @@ class CenterPivotConv4d(nn.Module):
         pivots = pivots.permute(0, 3, 4, 1, 2, 5).reshape(bsz * ho * wo, ha, wa, cin)
         k = self.second.kernel_size[0]
         if hb * wb <= k * k:  # most taps on padding: one matrix product, which also adds ``first``
-            first = F.conv2d(_nhwc(pivots), self.first.weight, self.first.bias + self.second.bias,
+            first_bias, second_bias = self.first.bias, self.second.bias
+            assert first_bias is not None and second_bias is not None  # both convs are built with a bias
+            first = F.conv2d(_nhwc(pivots), self.first.weight, first_bias + second_bias,
                              padding=self.first.padding)
             first = first.permute(0, 2, 3, 1).reshape(bsz, ho, wo, ha, wa, -1).permute(0, 3, 4, 1, 2, 5)
             out = torch.addmm(first.reshape(bsz * ha * wa, -1), rows.reshape(bsz * ha * wa, -1),

@@ -5,8 +5,9 @@
 (:func:`declared_config`), so a process that must not load torch (the napari widget) can show what a
 model will do before it is built. Names:
 
-- ``"default"``: the checkpoint in the package folder ``napari_wfss/models/default/``
-  (``importlib.resources``);
+- a registered name (:mod:`hhn.model_registry`: a checkpoint an installed package publishes in the
+  entry-point group ``hhn.models``, or one named with ``register_model``); ``"default"`` is the model
+  used when none is named;
 - a preset name (``hhn.config.list_presets()``);
 - ``"local-dir:/folder"`` or a folder path: the one checkpoint in that folder (``model.json`` wins);
 - a checkpoint path: ``name.safetensors`` (with ``name.json`` beside it), ``name.json``, ``name``, or a
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hhn.errors import CheckpointError, UserError, WeightsNotFoundError
+from hhn.model_registry import ENTRY_POINT_GROUP, registered_model, registered_names
+from hhn.registry import LOCAL_DIR_PREFIX
 
 if TYPE_CHECKING:
     from hhn.config import HHNConfig
@@ -29,11 +31,8 @@ if TYPE_CHECKING:
 FORMAT = "napari-wfss-checkpoint"
 FORMAT_VERSION = 1
 TORCH_SUFFIXES = (".pt", ".pth")
+#: the registered name of the model used when none is named
 DEFAULT_NAME = "default"
-#: Package and folder of the shipped default checkpoint.
-DEFAULT_PACKAGE = "napari_wfss"
-DEFAULT_FOLDER = ("models", "default")
-LOCAL_DIR_PREFIX = "local-dir:"
 PREFERRED_CHECKPOINT = "model.json"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".json", *TORCH_SUFFIXES)
 
@@ -84,12 +83,9 @@ def read_header(meta: Path) -> dict:
 
 
 def default_model_dir() -> Path | None:
-    """The folder of the shipped default checkpoint, or None when this installation has none."""
-    try:
-        folder = resources.files(DEFAULT_PACKAGE).joinpath(*DEFAULT_FOLDER)
-    except ModuleNotFoundError:
-        return None
-    return Path(str(folder)) if folder.is_dir() else None
+    """The folder of the checkpoint registered as ``"default"``, or None when no model has that name."""
+    path = registered_model(DEFAULT_NAME)
+    return path if path is None or path.is_dir() else path.parent
 
 
 def _is_our_json(path: Path) -> bool:
@@ -108,7 +104,8 @@ def find_checkpoint_in_dir(folder: str | os.PathLike) -> Path:
         return folder / PREFERRED_CHECKPOINT
     found = sorted(p for p in folder.glob("*.json") if _is_our_json(p))
     if len(found) != 1:
-        what = "no napari-wfss checkpoint" if not found else f"{len(found)} checkpoints ({', '.join(p.name for p in found)})"
+        what = ("no napari-wfss checkpoint" if not found else
+                f"{len(found)} checkpoints ({', '.join(p.name for p in found)})")
         raise CheckpointError(f"{folder} holds {what}; a model folder holds one <name>.safetensors + "
                               f"<name>.json pair (or name it {PREFERRED_CHECKPOINT})")
     return found[0]
@@ -124,32 +121,35 @@ def resolve_model_name(name_or_path: str | os.PathLike) -> str | Path:
     """A preset's name (``str``) or a checkpoint file (``Path``) for a model name (module docstring).
 
     Raises:
-        WeightsNotFoundError: ``"default"`` is not shipped in this installation.
+        WeightsNotFoundError: ``"default"`` is not registered, or a registered model's files are absent.
         CheckpointError: a model folder is missing or holds no single checkpoint.
-        UserError: the name is none of the accepted kinds.
+        UserError: the name is none of the accepted kinds (the message lists the known names).
     """
     name = os.fspath(name_or_path)
-    if name == DEFAULT_NAME:
-        folder = default_model_dir()
-        if folder is None:
-            raise WeightsNotFoundError(
-                f"The default model is not part of this installation ({DEFAULT_PACKAGE}/"
-                f"{'/'.join(DEFAULT_FOLDER)}/ with a <name>.safetensors + <name>.json checkpoint is missing). "
-                "Reinstall napari-wfss, or pass a checkpoint path, local-dir:/folder, or a preset name "
-                f"({', '.join(_presets())})."
-            )
-        return find_checkpoint_in_dir(folder)
     if name.startswith(LOCAL_DIR_PREFIX):
         return find_checkpoint_in_dir(name[len(LOCAL_DIR_PREFIX):])
+    registered = registered_model(name)
+    if registered is not None:
+        return find_checkpoint_in_dir(registered) if registered.is_dir() else registered
     if name in _presets():
         return name
+    if name == DEFAULT_NAME:
+        raise WeightsNotFoundError(f"The default model is not part of this installation: no installed package "
+                                   f"publishes a model named {DEFAULT_NAME!r} (entry-point group "
+                                   f"{ENTRY_POINT_GROUP}). Reinstall the package that ships it, or pass {_known()}")
     path = Path(name).expanduser()
     if path.is_dir():
         return find_checkpoint_in_dir(path)
     if path.exists() or path.suffix in _CHECKPOINT_SUFFIXES or path.with_name(path.name + ".json").is_file():
         return path
-    raise UserError(f"unknown model {name!r}: use 'default', a preset ({', '.join(_presets())}), a checkpoint "
-                    "path (<name>.safetensors with <name>.json beside it), or local-dir:/folder")
+    raise UserError(f"unknown model {name!r}: use {_known()}")
+
+
+def _known() -> str:
+    """The kinds of model names, with the known names, for messages."""
+    names = ", ".join(registered_names()) or "none installed"
+    return (f"a registered model ({names}), a preset ({', '.join(_presets())}), a checkpoint path "
+            "(<name>.safetensors with <name>.json beside it), or local-dir:/folder")
 
 
 def declared_config(name_or_path: str | os.PathLike) -> HHNConfig | None:

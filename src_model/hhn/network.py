@@ -211,6 +211,7 @@ class HHN(nn.Module):
         query_logits, support_logits = self.forward_features(
             self.extract_features(query_img), self.extract_features(support_img), query_prior,
             support_prior, text, support_weight=weight, with_support=True)
+        assert support_logits is not None  # with_support=True
         size = support_img.shape[-2:]
         return (F.interpolate(query_logits, size, mode="bilinear", align_corners=True),
                 F.interpolate(support_logits, size, mode="bilinear", align_corners=True))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -37,7 +38,7 @@ from hhn.network import HHN, ClassEmbeddings
 from hhn.preprocess import resize_mask, to_network_input
 from hhn.priors.base import ClassPrior
 from hhn.priors.features import descriptors_from_taps
-from hhn.refine import own_appearance_keep, snap_to_edges
+from hhn.refine import refine_mask
 
 
 class InvalidInputError(UserError, ValueError):
@@ -174,7 +175,7 @@ class Predictor:
                 for k, (m, e) in enumerate(zip(masks, encoded))]
         feats = tuple(torch.cat(level, dim=0) for level in zip(*(e.features for e in encoded)))
         embeddings = None
-        if self.config.use_text:
+        if self.config.use_text and text is not None:  # text is not None: checked above
             embeddings = ClassEmbeddings(*(torch.as_tensor(t, dtype=torch.float32, device=self.device)
                                            .reshape(1, -1) for t in text))
         return SupportSet(feats, torch.cat(maps, dim=0), embeddings, self.config.name)
@@ -197,11 +198,8 @@ class Predictor:
             return prior
         encoded = self._encoded(image)
         mask = torch.from_numpy(prior > ClassPrior.threshold).to(self.device)
-        if rule.trim is not None:
-            mask = self._trim(mask, encoded, rule.trim)
+        mask, _ = refine_mask(mask, encoded.pixels, partial(self.descriptors, encoded), rule.trim, rule.snap)
         refined = mask.cpu().numpy()
-        if rule.snap is not None:
-            refined = snap_to_edges(encoded.pixels, refined, rule.snap)
         return refined.astype(np.float32) if refined.any() else prior
 
     # ------------------------------------------------------------------ prediction
@@ -252,7 +250,7 @@ class Predictor:
         shot_logits, prior = scored.logits, scored.prior
         size = tuple(prior.shape)
         prior_t = torch.from_numpy(prior).to(shot_logits.device) if not rule.is_argmax else None
-        prob_sum = None
+        prob_sum: torch.Tensor | None = None
         labels = []
         for logits in shot_logits.split(1):
             full = F.interpolate(logits, size, mode="bilinear", align_corners=True)
@@ -264,19 +262,16 @@ class Predictor:
                 labels.append(prob > rule.threshold)
             prob_sum = prob if prob_sum is None else prob_sum + prob
         mask = vote_kshot(torch.stack(labels).unsqueeze(0))[0]
+        assert prob_sum is not None  # at least one shot (else torch.stack raised)
         fg_prob = prob_sum / shot_logits.shape[0]
-        if rule.trim is not None:  # pixels trimmed away score 0
-            keep = self._trim(mask, scored.query, rule.trim)
-            fg_prob = torch.where(keep | ~mask, fg_prob, torch.zeros_like(fg_prob))
-            mask = keep
-        if rule.snap is not None:  # pixels that leave score 0, pixels that join score the threshold
-            snapped = torch.from_numpy(snap_to_edges(scored.query.pixels, mask.cpu().numpy(), rule.snap))
-            mask = snapped.to(fg_prob.device)
-            fg_prob = torch.where(mask, fg_prob.clamp(min=rule.threshold), torch.zeros_like(fg_prob))
-        return Prediction(fg_prob=fg_prob.float().cpu().numpy(), mask=mask.cpu().numpy())
+        # pixels trimmed away score 0; after a snap, pixels that leave score 0, pixels that join the threshold
+        mask, scores = refine_mask(mask, scored.query.pixels, partial(self.descriptors, scored.query), rule.trim,
+                                   rule.snap, fg_prob, rule.threshold)
+        assert scores is not None  # refine_mask returns scores when given some
+        return Prediction(fg_prob=scores.float().cpu().numpy(), mask=mask.cpu().numpy())
 
-    def _trim(self, mask: torch.Tensor, image: EncodedImage, weights: tuple[float, ...]) -> torch.Tensor:
-        """bool (H, W) mask of ``image`` -> the pixels of it that look like its inside, on the image's own
-        taps with the trim's tap ``weights`` (:func:`hhn.refine.own_appearance_keep`)."""
-        taps = [image.features[i][0] for i in self.model.spec.support_taps]
-        return own_appearance_keep(mask, descriptors_from_taps(taps, weights))
+    def descriptors(self, image: EncodedImage, weights: Sequence[float] | None = None) -> torch.Tensor:
+        """``float32 (C, g, g')`` unit-norm descriptors of ``image`` from its own backbone taps (those the
+        co-segmentation prior reads) with per-tap ``weights`` (``hhn.priors.features.descriptors_from_taps``):
+        what a rule's trim compares, and what a tag prior reuses instead of running its own backbone."""
+        return descriptors_from_taps([image.features[i] for i in self.model.spec.support_taps], weights)

@@ -27,6 +27,8 @@ Which steps a model's rule uses, and with what weights and band, is chosen on de
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ def own_appearance_keep(mask: torch.Tensor, descriptors: torch.Tensor) -> torch.
         inside descriptor than to the mean outside one. A mask that covers no cell or every cell of the
         grid has no prototype to compare with and is returned unchanged.
     """
-    grid = tuple(descriptors.shape[-2:])
+    grid = (descriptors.shape[-2], descriptors.shape[-1])
     inside = F.adaptive_avg_pool2d(mask.float()[None, None], grid)[0, 0].flatten() > 0.5
     if not inside.any() or inside.all():
         return mask.clone()
@@ -62,6 +64,36 @@ def own_appearance_keep(mask: torch.Tensor, descriptors: torch.Tensor) -> torch.
     score = (cells @ fg - cells @ bg).view(1, 1, *grid)
     score = F.interpolate(score, size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
     return mask & (score > 0)
+
+
+def refine_mask(mask: torch.Tensor, pixels: np.ndarray, describe: Callable[[tuple[float, ...]], torch.Tensor],
+                trim: tuple[float, ...] | None, snap: float | None, scores: torch.Tensor | None = None,
+                floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A decision rule's mask steps, the one place they are chained: trim to the image's own appearance,
+    then snap to its edges (each step skipped when its setting is None).
+
+    Args:
+        mask: ``bool (H, W)``, the thresholded foreground (on any device).
+        pixels: ``uint8 (H, W, 3)`` RGB of the same image (the snap reads its colours).
+        describe: tap weights -> ``float32 (C, g, g')`` unit-norm descriptors of the image (the trim's).
+        trim: the trim's tap weights, or None; snap: the snap's band (fraction of the diagonal), or None.
+        scores: optional ``float (H, W)`` foreground scores carried along: 0 where the trim removes a
+            pixel; after a snap 0 outside the snapped mask and at least ``floor`` inside it.
+
+    Returns:
+        ``(mask, scores)``: the refined ``bool (H, W)`` mask on ``mask``'s device, and the scores (None
+        when none were given).
+    """
+    if trim is not None:
+        keep = own_appearance_keep(mask, describe(trim))
+        if scores is not None:
+            scores = torch.where(keep | ~mask, scores, torch.zeros_like(scores))
+        mask = keep
+    if snap is not None:
+        mask = torch.from_numpy(snap_to_edges(pixels, mask.cpu().numpy(), snap)).to(mask.device)
+        if scores is not None:
+            scores = torch.where(mask, scores.clamp(min=floor), torch.zeros_like(scores))
+    return mask, scores
 
 
 def snap_to_edges(image: np.ndarray, mask: np.ndarray, band: float, iterations: int = SNAP_ITERATIONS,
@@ -105,8 +137,10 @@ def snap_to_edges(image: np.ndarray, mask: np.ndarray, band: float, iterations: 
     background_model, foreground_model = np.zeros((1, 65)), np.zeros((1, 65))
     cv2.setRNGSeed(0)
     try:
-        cv2.grabCut(cv2.cvtColor(work_image, cv2.COLOR_RGB2BGR), trimap, None, background_model,
-                    foreground_model, int(iterations), cv2.GC_INIT_WITH_MASK)
+        bgr = cv2.cvtColor(work_image, cv2.COLOR_RGB2BGR)
+        # rect=None is valid with GC_INIT_WITH_MASK (rect unused), but OpenCV's stubs want a Sequence[int]
+        cv2.grabCut(bgr, trimap, None, background_model, foreground_model,  # type: ignore[call-overload]
+                    int(iterations), cv2.GC_INIT_WITH_MASK)
     except cv2.error:
         return mask.copy()
     snapped = (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)

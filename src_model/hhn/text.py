@@ -30,7 +30,7 @@ import torch
 from hhn.device import select_device
 from hhn.errors import UserError
 from hhn.network import ClassEmbeddings
-from hhn.weights import load_clip_model, resolve_clip_weights
+from hhn.weights.clip import load_clip_model, resolve_clip_weights
 
 DEFAULT_TEMPLATE = "a clean origami {}."
 #: bg phrase for class names outside the paper's tables (one prompt, in the tables' comma style).
@@ -104,7 +104,7 @@ class TextEncoder:
     Args:
         model_name: open_clip architecture (``"ViT-B-32"``, the paper's) or ``"local-dir:/folder"``.
         pretrained: open_clip tag (``"openai"``) or a weight file; see
-            :func:`hhn.weights.resolve_clip_weights` for the search order and offline behaviour.
+            :func:`hhn.weights.clip.resolve_clip_weights` for the search order and offline behaviour.
         cache_dir: open_clip / Hugging Face cache folder (default: theirs).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a torch.device.
 

@@ -81,7 +81,8 @@ class CocoDataset(SegmentationDataset):
         test = set(self.test_classes)
         self.split_classes = tuple(c for c in COCO_CLASSES if (c in test) == (split == "val"))
         self._class_names = {i + 1: n for i, n in enumerate(COCO_CLASSES)}
-        pkl = (Path(splits_dir) if splits_dir is not None else self.root / "splits" / "coco") / split / f"fold{fold}.pkl"
+        splits = Path(splits_dir) if splits_dir is not None else self.root / "splits" / "coco"
+        pkl = splits / split / f"fold{fold}.pkl"
         listed = None
         if pkl.is_file():
             listed = [(p.rsplit(".", 1)[0], COCO_CLASSES[k])

@@ -33,7 +33,7 @@ def parse_classes(text: str) -> dict[int, str]:
     entries = [ln for ln in entries if ln and not ln.startswith("#")]
     with_id = [_ID_LINE.match(ln) for ln in entries]
     if all(with_id):
-        pairs = [(int(m.group(1)), m.group(2).strip()) for m in with_id]
+        pairs = [(int(m.group(1)), m.group(2).strip()) for m in with_id if m is not None]
     elif not any(with_id):
         pairs = list(enumerate(entries))
     else:

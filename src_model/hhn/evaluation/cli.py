@@ -31,8 +31,8 @@ def _prior_name(args, scored) -> str:
     """``--prior``, else the model's own ``tag_prior`` (method hhn), else ``coseg``."""
     if args.prior is not None:
         return args.prior
-    predictor = getattr(scored[0], "predictor", None)
-    return (predictor.config.tag_prior if predictor is not None else None) or "coseg"
+    pipeline = getattr(scored[0], "pipeline", None)
+    return (pipeline.predictor.config.tag_prior if pipeline is not None else None) or "coseg"
 
 
 def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple[float, ...] | None,
@@ -47,18 +47,11 @@ def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple
         return [methods.PriorOnly(features, trim, snap)]
     if args.method == "map":
         return [methods.MaskedAveragePooling(features, trim, snap)]
-    from hhn.factory import create_model
-    from hhn.predictor import Predictor
+    from hhn.pipeline import FewShotPipeline
 
-    model = create_model(args.model, device=args.device_obj)
-    text = None
-    if model.config.use_text:
-        from hhn.text import TextEncoder
-
-        encoder = TextEncoder(model.config.clip_model, model.config.clip_pretrained, device=args.device_obj)
-        text = encoder.class_embeddings
-    predictor, shared = Predictor(model, device=args.device_obj), {}
-    return [methods.HHNMethod(predictor, text=text, decision=rule, shared=shared) for rule in rules]
+    pipeline = FewShotPipeline.from_model(args.model, device=args.device_obj)
+    shared: dict = {}
+    return [methods.HHNMethod(pipeline, decision=rule, shared=shared) for rule in rules]
 
 
 def run_eval_cli(args) -> int:
@@ -83,7 +76,8 @@ def run_eval_cli(args) -> int:
                             f"W,T,trim:A/B/C,snap:BAND)")
     trim = parse_trim_weights(args.trim) if args.trim else None
     snap = DecisionRule(snap=args.snap).snap if args.snap is not None else None
-    rules = [parse_decision_rule(text) for text in args.decision] if args.decision else [None]  # None: the model's
+    rules: list[DecisionRule | None] = (
+        [parse_decision_rule(text) for text in args.decision] if args.decision else [None])  # None: the model's
     set_cpu_threads(args.threads)
     args.device_obj = select_device(args.device)
     dataset = open_dataset(args.data, args.layout, fold=args.fold, min_fraction=args.min_fraction,
@@ -100,7 +94,7 @@ def run_eval_cli(args) -> int:
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior_name = _prior_name(args, scored) if uses_prior else None
     prior = build_tag_prior(prior_name, device=args.device_obj, cache_dir=args.cache_dir, vocabulary=dataset.classes,
-                            reuse=lambda own: features if own.size == features.size else None) if uses_prior else None
+                            reuse=lambda own: features if own.size == features.size else None) if prior_name else None
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
                        progress=None if args.json else _progress)
     for method, result in zip(scored, results):

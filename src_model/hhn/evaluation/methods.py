@@ -5,7 +5,7 @@
 - ``map``: masked-average-pooling prototypes on the frozen backbone descriptors.
   Both may be trimmed to the query's own appearance (``wfss eval --trim``) and snapped to its edges
   (``--snap``), the controls for a model rule's trim and snap (``hhn.refine``).
-- ``hhn``: the network through ``hhn.predictor.Predictor``.
+- ``hhn``: the network through the product's few-shot pipeline (``hhn.pipeline``).
 
 Support supervision: under ``masks`` the support masks are the ground truth (``uint8``, 255 = ignore);
 under ``tags`` they are the support priors (``float32`` in ``[0, 1]``), which ``map`` thresholds.
@@ -15,23 +15,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from hhn.evaluation.baselines import area_weights, binary_to_float, map_scores, upsample
-from hhn.priors.base import ClassPrior
+from hhn.priors.base import ClassPrior, TaggedImage
 from hhn.priors.features import DenseFeatures
-from hhn.refine import own_appearance_keep, snap_to_edges
+from hhn.refine import refine_mask
 
 
 @dataclass
 class MethodInputs:
     """What a method may look at (never the query's ground truth).
 
-    class_name: the episode class. query_image / support_images: ``uint8 (H, W, 3)``. support_masks: ``uint8`` {0, 1, 255} ground truth
-    (``masks``) or ``float32`` priors in [0, 1] (``tags``). query_prior: ``float32 (H, W)`` in [0, 1] or
-    None when the method does not use one.
+    class_name: the episode class. query_image / support_images: ``uint8 (H, W, 3)``. support_masks:
+    ``uint8`` {0, 1, 255} ground truth (``masks``) or ``float32`` priors in [0, 1] (``tags``). query_prior:
+    ``float32 (H, W)`` in [0, 1] or None when the method does not use one. class_prior: the episode class's
+    fitted ``ClassPrior`` (the one that gave the priors), or None when no method uses a prior.
     """
 
     class_name: str
@@ -39,6 +41,7 @@ class MethodInputs:
     support_images: list[np.ndarray]
     support_masks: list[np.ndarray]
     query_prior: np.ndarray | None
+    class_prior: ClassPrior | None = None
 
 
 class Method(ABC):
@@ -73,13 +76,15 @@ class _Refinable(Method):
         self.features, self.trim, self.snap = features, trim, snap
 
     def predict(self, inputs: MethodInputs) -> np.ndarray:
-        mask = self.unrefined(inputs)
-        if self.trim is not None:
-            descriptors = self.features(inputs.query_image, self.trim)
-            mask = own_appearance_keep(torch.from_numpy(mask), descriptors).numpy()
-        if self.snap is not None:
-            mask = snap_to_edges(inputs.query_image, mask, self.snap)
-        return mask
+        mask, _ = refine_mask(torch.from_numpy(self.unrefined(inputs)), inputs.query_image,
+                              partial(self._describe, inputs.query_image), self.trim, self.snap)
+        return mask.numpy()
+
+    def _describe(self, pixels: np.ndarray, weights: tuple[float, ...]) -> torch.Tensor:
+        """The trim's descriptors of ``pixels`` (called only with a trim, which needs ``features``)."""
+        if self.features is None:
+            raise ValueError("a trim needs the features to describe the query with")
+        return self.features(pixels, weights)
 
     @abstractmethod
     def unrefined(self, inputs: MethodInputs) -> np.ndarray:
@@ -92,6 +97,8 @@ class PriorOnly(_Refinable):
     needs_support_masks = False
 
     def unrefined(self, inputs: MethodInputs) -> np.ndarray:
+        if inputs.query_prior is None:
+            raise ValueError("method 'prior' needs the query's prior")
         return inputs.query_prior > ClassPrior.threshold
 
 
@@ -99,6 +106,7 @@ class MaskedAveragePooling(_Refinable):
     """MAP prototypes; priors are thresholded at ``ClassPrior.threshold`` into hard support masks."""
 
     name = "map"
+    features: DenseFeatures  # required here (None is allowed by the base class only)
 
     def __init__(self, features: DenseFeatures, trim: tuple[float, ...] | None = None,
                  snap: float | None = None) -> None:
@@ -106,7 +114,7 @@ class MaskedAveragePooling(_Refinable):
 
     def unrefined(self, inputs: MethodInputs) -> np.ndarray:
         q = self.features(inputs.query_image)
-        grid = tuple(q.shape[-2:])
+        grid = (q.shape[-2], q.shape[-1])
         feats, fgs, bgs = [], [], []
         for image, mask in zip(inputs.support_images, inputs.support_masks):
             if np.issubdtype(mask.dtype, np.floating):
@@ -119,38 +127,39 @@ class MaskedAveragePooling(_Refinable):
 
 
 class HHNMethod(Method):
-    """The network: supports (masks, or priors through ``Predictor.support_map``) and the query prior
-    through a ``Predictor``.
+    """The network through the product's few-shot pipeline (``hhn.pipeline.FewShotPipeline``): the episode
+    class's fitted prior and its supports (true masks, used as they are, or tags: their prior maps, refined
+    when the rule says so) encoded by ``FewShotPipeline.encode_class``, the query predicted by the
+    resulting ``ClassSegmenter`` with the query prior the runner computed.
 
     Args:
-        predictor: an ``hhn.predictor.Predictor``.
-        text: class name -> ``ClassEmbeddings`` (``hhn.text.TextEncoder.class_embeddings``) for models
-            that use CLIP text; None otherwise.
-        decision: the ``hhn.config.DecisionRule`` to score (default: the predictor's).
-        shared: a dict shared by several ``HHNMethod`` on one predictor (different rules): the network then
+        pipeline: an ``hhn.pipeline.FewShotPipeline`` (its text source serves models that read CLIP text).
+        decision: the ``hhn.config.DecisionRule`` to score (default: the pipeline's).
+        shared: a dict shared by several ``HHNMethod`` on one pipeline (different rules): the network then
             runs once per episode for all of them that encode the supports alike (``refine_supports`` and,
             with it, the same trim and snap).
     """
 
     name = "hhn"
     needs_query_prior = True
+    needs_support_masks = False  # under tags the pipeline maps the supports with the class prior itself
 
-    def __init__(self, predictor, text=None, decision=None, shared: dict | None = None) -> None:
-        self.predictor, self.text = predictor, text
-        self.decision = decision if decision is not None else predictor.decision
+    def __init__(self, pipeline, decision=None, shared: dict | None = None) -> None:
+        self.pipeline = pipeline
+        self.decision = decision if decision is not None else pipeline.rule
         self._shared = shared if shared is not None else {}
 
     def predict(self, inputs: MethodInputs) -> np.ndarray:
         if self._shared.get("inputs") is not inputs:  # holding the inputs keeps their identity unique
             self._shared.clear()
             self._shared["inputs"] = inputs
-        refine = self.decision.refine_supports and any(m.dtype != np.uint8 for m in inputs.support_masks)
+            self.pipeline.forget_images()
+        given = [m for m in inputs.support_masks if m.dtype == np.uint8]  # true masks; tags: none given
+        refine = self.decision.refine_supports and not given
         encoding = ("refined", self.decision.trim, self.decision.snap) if refine else "as given"
         if encoding not in self._shared:  # one network pass per episode and way of encoding the supports
-            images = [self.predictor.encode_image(im) for im in inputs.support_images]
-            masks = [binary_to_float(m) if m.dtype == np.uint8  # a pixel mask, used as it is
-                     else self.predictor.support_map(e, m, self.decision) for e, m in zip(images, inputs.support_masks)]
-            text = self.text(inputs.class_name) if self.text is not None else None
-            support = self.predictor.encode_support(images, masks, text=text)
-            self._shared[encoding], = self.predictor.logits_batch([inputs.query_image], support, [inputs.query_prior])
-        return self.predictor.decide(self._shared[encoding], self.decision).mask
+            masks: list[np.ndarray | None] = [binary_to_float(m) for m in given] or [None] * len(inputs.support_images)
+            supports = [TaggedImage(im, m) for im, m in zip(inputs.support_images, masks)]
+            segmenter = self.pipeline.encode_class(inputs.class_name, inputs.class_prior, supports, self.decision)
+            self._shared[encoding], = segmenter.logits([inputs.query_image], [inputs.query_prior])
+        return self.pipeline.predictor.decide(self._shared[encoding], self.decision).mask

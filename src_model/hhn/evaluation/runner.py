@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from hhn.data.base import SegmentationDataset
 from hhn.data.episodes import EpisodeSampler, load_episode
 from hhn.evaluation.baselines import binary_to_float
@@ -43,9 +45,10 @@ def evaluate(dataset: SegmentationDataset, sampler: EpisodeSampler, methods: Seq
     for i, episode in enumerate(sampler.episodes(episodes)):
         data = load_episode(dataset, episode, supervision)
         support_masks = data.support_masks or []
-        query_prior = None
-        if need_prior:
-            given = data.support_masks or [None] * len(data.support_images)
+        query_prior = class_prior = None
+        if need_prior and prior is not None:  # prior is not None: checked above
+            no_masks: list[np.ndarray | None] = [None] * len(data.support_images)
+            given = data.support_masks or no_masks
             positives = [TaggedImage(img, None if m is None else binary_to_float(m))
                          for img, m in zip(data.support_images, given)]
             positives += [TaggedImage(dataset.load_image(n)) for n in episode.positives]
@@ -55,7 +58,8 @@ def evaluate(dataset: SegmentationDataset, sampler: EpisodeSampler, methods: Seq
                 support_masks = [class_prior(p) for p in positives[:len(data.support_images)]]
             if need_query_prior:
                 query_prior = class_prior(data.query_image)
-        inputs = MethodInputs(episode.class_name, data.query_image, data.support_images, support_masks, query_prior)
+        inputs = MethodInputs(episode.class_name, data.query_image, data.support_images, support_masks, query_prior,
+                              class_prior)
         for method, meter in zip(methods, meters):
             meter.update(episode.class_name, method.predict(inputs), data.query_mask)
         if progress is not None:

@@ -13,6 +13,7 @@ proposal engine build.
   "The ratio contrast in the tag prior").
 - ``gradcam``: CLIP RN50 Grad-CAM of the class name (``hhn.priors.gradcam``; needs CLIP weights).
 
+The names themselves are :data:`hhn.registry.TAG_PRIORS` (a config checks its ``tag_prior`` there).
 Importing this module does not import torch.
 """
 
@@ -22,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hhn.registry import TAG_PRIORS
 
 if TYPE_CHECKING:
     from hhn.priors.base import TagPrior
@@ -37,13 +40,10 @@ class CosegVariant:
     contrast: str = "difference"
 
 
-#: the co-segmentation prior variants, by name
+#: the co-segmentation prior variants, by name (with ``gradcam``, the names of ``TAG_PRIORS``)
 COSEG_PRIORS: dict[str, CosegVariant] = {"coseg": CosegVariant((320,)),
                                          "coseg-ms": CosegVariant((320, 448, 576)),
                                          "coseg-ratio": CosegVariant((320,), "ratio")}
-
-#: every name :func:`build_tag_prior` accepts
-TAG_PRIORS: tuple[str, ...] = (*COSEG_PRIORS, "gradcam")
 
 
 def build_tag_prior(name: str, *, device: Any = "cpu", cache_dir: str | Path | None = None,

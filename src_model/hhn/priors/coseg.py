@@ -138,7 +138,7 @@ class CosegPrior(TagPrior):
         desc = self.descriptors(pixels)
         if self.bank_pool > 1:
             desc = F.normalize(F.avg_pool2d(desc[None], self.bank_pool, ceil_mode=True)[0], dim=0)
-        return desc.flatten(1).T.contiguous(), tuple(desc.shape[-2:])
+        return desc.flatten(1).T.contiguous(), (desc.shape[-2], desc.shape[-1])
 
     def _example(self, image: TaggedImage) -> _Example:
         key = image_key(image.pixels)
@@ -214,7 +214,7 @@ class CosegClassPrior(ClassPrior):
     def scores(self, pixels: np.ndarray) -> tuple[torch.Tensor, float]:
         """Grid scores ``float32 (g, g)`` of an image and the cut above which a cell is the class."""
         desc = self.owner.descriptors(pixels)
-        grid = tuple(desc.shape[-2:])
+        grid = (desc.shape[-2], desc.shape[-1])
         cells = desc.flatten(1).T.contiguous()
         key = image_key(pixels)
         s = self._second_pass(cells, key) if self.owner.refine else None

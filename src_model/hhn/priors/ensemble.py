@@ -36,8 +36,10 @@ class MeanClassPrior(ClassPrior):
         self.members = list(members)
 
     def _map(self, pixels: np.ndarray) -> np.ndarray:
-        total = None
+        total: np.ndarray | None = None
         for member in self.members:
             m = np.clip(member._map(pixels), 0.0, 1.0).astype(np.float32)
             total = m if total is None else total + m
+        if total is None:
+            raise ValueError("MeanClassPrior needs at least one member prior")
         return total / len(self.members)

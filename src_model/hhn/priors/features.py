@@ -22,6 +22,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class DenseFeatures:
         size: square network input side; the grid is ``size / 8`` per side.
         device: torch device for the backbone.
         cache_dir: optional folder for the on-disk tap cache.
-        pretrained: load the backbone's ImageNet weights (``hhn.weights``); False = random (tests).
+        pretrained: load the backbone's ImageNet weights (``hhn.weights.files``); False = random (tests).
         memory_items: images whose taps stay in memory (least recently used dropped; ~0.3 MB each).
     """
 
@@ -110,7 +111,8 @@ class DenseFeatures:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.stem + ".tmp.npz")
-                np.savez(tmp, **{f"t{i}": m.numpy() for i, m in enumerate(maps)})
+                arrays: dict[str, Any] = {f"t{i}": m.numpy() for i, m in enumerate(maps)}
+                np.savez(tmp, **arrays)
                 tmp.replace(path)
         return maps
 

@@ -11,13 +11,14 @@ Deviation from the authors' script: squash resize instead of resize + centre cro
 the whole image (as everywhere else in this library).
 
 Weights: ``GradCamPrior.from_pretrained`` resolves open_clip's ``RN50``/``openai`` weights through
-``hhn.weights`` (weight folders, Hugging Face cache, download unless offline); when they are missing it
+``hhn.weights.clip`` (weight folders, Hugging Face cache, download unless offline); when they are missing it
 raises ``PriorUnavailableError`` saying which file to put where.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class GradCamPrior(TagPrior):
 
     name = "gradcam"
 
-    def __init__(self, model: torch.nn.Module, tokenizer, vocabulary: Sequence[str] = (),
+    def __init__(self, model: Any, tokenizer, vocabulary: Sequence[str] = (),
                  device: str | torch.device = "cpu") -> None:
         if not hasattr(model.visual, "layer4"):
             raise ValueError("Grad-CAM needs a CLIP ResNet (visual.layer4); got a different visual tower")
@@ -57,14 +58,14 @@ class GradCamPrior(TagPrior):
     @classmethod
     def from_pretrained(cls, arch: str = "RN50", pretrained: str = "openai", vocabulary: Sequence[str] = (),
                         device: str | torch.device = "cpu") -> GradCamPrior:
-        """Build from open_clip weights found by ``hhn.weights.resolve_clip_weights`` (a tag such as
+        """Build from open_clip weights found by ``hhn.weights.clip.resolve_clip_weights`` (a tag such as
         ``openai``, a weight file path, or ``local-dir:`` as ``arch``).
 
         Raises:
             PriorUnavailableError: the weights are not on this machine and cannot be downloaded; the
                 message names the file and where to put it.
         """
-        from hhn.weights import load_clip_model, resolve_clip_weights
+        from hhn.weights.clip import load_clip_model, resolve_clip_weights
 
         try:
             model, tokenizer = load_clip_model(resolve_clip_weights(arch, pretrained), torch.device(device))

@@ -81,7 +81,7 @@ class TargetBank:
     """``target(name, class_name)`` -> ``uint8 (h, w)`` at the network size: 1 class, 0 other, 255 void."""
 
     def __init__(self, dataset: SegmentationDataset, size: tuple[int, int]) -> None:
-        self.dataset, self.size = dataset, tuple(size)
+        self.dataset, self.size = dataset, (size[0], size[1])
         self._labels: dict[str, np.ndarray] = {}
 
     def target(self, name: str, class_name: str) -> np.ndarray:

@@ -4,8 +4,9 @@ The run: build the model from a preset with the recipe's switches, encode every 
 (``FeatureBank``, cached in ``OUT/features.safetensors``), compute the tag priors (``coseg`` of
 ``hhn.priors.catalog``, whatever the model's inference ``tag_prior``)
 once per (image, class) from a seeded gallery of other tagged images (``PriorBank``, the protocol of
-``wfss eval``), then train on seeded 1-shot episodes of the training classes. Checkpoints go to ``OUT/last.*`` every 100 steps; ``--resume``
-continues a killed run; the final model is ``OUT/model.safetensors`` + ``OUT/model.json``.
+``wfss eval``), then train on seeded 1-shot episodes of the training classes. Checkpoints go to
+``OUT/last.*`` every 100 steps; ``--resume`` continues a killed run; the final model is
+``OUT/model.safetensors`` + ``OUT/model.json``.
 """
 
 from __future__ import annotations

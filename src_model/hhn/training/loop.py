@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from hhn.data.base import IGNORE
 from hhn.data.episodes import Episode
 from hhn.training.banks import FeatureBank, TargetBank
 from hhn.training.recipes import Recipe
+
+if TYPE_CHECKING:
+    from hhn.network import HHN
 
 
 @dataclass
@@ -115,7 +119,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_void: b
     return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
 
-def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def trainable_parameters(model: HHN) -> list[torch.nn.Parameter]:
     """Every head parameter (the backbone is frozen: its features are cached)."""
     backbone = {id(p) for p in model.backbone.parameters()}
     return [p for p in model.parameters() if id(p) not in backbone]

@@ -35,7 +35,7 @@ class PriorBank:
 
     def __init__(self, dataset: SegmentationDataset, prior: TagPrior, size: tuple[int, int],
                  positives: int = 3, negatives: int = 3, seed: int = 0) -> None:
-        self.dataset, self.tag_prior, self.size = dataset, prior, tuple(size)
+        self.dataset, self.tag_prior, self.size = dataset, prior, (size[0], size[1])
         self.positives, self.seed = positives, seed
         self._negatives = EpisodeSampler(dataset, shots=1, seed=seed, prior_negatives=negatives)
         self._maps: dict[tuple[str, str], np.ndarray] = {}
@@ -55,7 +55,7 @@ class PriorBank:
             self._maps[key] = resize_mask(fitted(self.dataset.load_image(name)), self.size, soft=True)
         return self._maps[key]
 
-    def fill(self, pairs: Iterable[tuple[str, str]], progress: Callable[[int, int], None] | None = None) -> None:
+    def fill(self, pairs: Iterable[tuple[str, str]], progress: Callable[[int, int], object] | None = None) -> None:
         """Compute the priors of ``pairs`` now (so training steps never wait on them)."""
         pairs = list(pairs)
         for i, (name, class_name) in enumerate(pairs):

@@ -34,8 +34,8 @@ def make_sample_data() -> list[tuple]:
     import napari
     from qtpy.QtCore import QTimer
 
-    from napari_wfss._reader import dock_widget
-    from napari_wfss._widget import ROLE
+    from napari_wfss._qt.layers import ROLE
+    from napari_wfss._qt.reader import dock_widget
 
     folder = make_sample_folder(sample_dir())
     first = list_images(folder / "images")[0]

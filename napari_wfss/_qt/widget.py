@@ -1,36 +1,18 @@
-"""The dock widget: open a folder, tag images with class names, propose, review, export.
+"""The dock widget :class:`WfssWidget`: its layout and public actions (open a folder, tag images with class
+names, propose, review, export).
 
 One :class:`~napari_wfss.session.Session` is the single source of truth; the widget shows it and
-turns clicks and keys into session calls. The model runs in a child process
-(:mod:`napari_wfss._engine_process`): torch is never imported into napari's process, a worker
-thread stores each finished proposal as it streams in, the UI thread only refreshes the list (and
-the layer of the image on screen), and Cancel stops the child between images.
+turns clicks and keys into session calls. The proposal run is :mod:`napari_wfss._qt.proposal_run`, the
+napari layers :mod:`napari_wfss._qt.layers`, the keys :mod:`napari_wfss._qt.keys`.
 
-Progress is a bar in the widget, not a napari ``progress``: napari's activity indicator animates a
-GIF that makes Qt re-compose the whole window (OpenGL canvas included) about 40 times a second; with
-software OpenGL (VMs, remote desktops, Xvfb) that took ~75% of a CPU core for the whole run in our
-measurement, slowing the engine that shares the CPU.
-
-Layers: one Image layer (the current image) and one Labels layer (its label map, coloured by the
-class table) that the widget owns, recognised by ``metadata["wfss_role"]``. Both are reused from
-image to image; the Labels layer's undo history is cleared on every switch so napari's undo never
-crosses images. Edits are captured into the session (``mark_edited``) when the user accepts, moves
+Edits in the Labels layer are captured into the session (``mark_edited``) when the user accepts, moves
 to another image, proposes or exports.
-
-Keys (on the viewer, and on the widget's layers so they win over napari's layer keys):
-``1``-``9`` toggle the tag of the first nine classes (not on the Labels layer, where napari's
-``1``-``7`` pick the painting tools), ``C`` accept, ``X`` reject, ``N`` next, ``Shift+N`` previous
-(``P`` stays napari's paint brush).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -48,6 +30,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QListWidget,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -58,16 +41,17 @@ from qtpy.QtWidgets import (
 )
 
 from hhn.errors import UserError
-from napari_wfss._engine_process import (
-    DEFAULT_ENGINE,
-    EngineProcess,
-    ProposalReady,
-    RunEvent,
-    RunFailed,
-    RunFinished,
+from napari_wfss._qt.keys import TAG_KEYS, bind_layer_keys, bind_viewer_keys
+from napari_wfss._qt.layers import (
+    find_layer,
+    label_colormap,
+    remove_layers,
+    show_image_layer,
+    show_labels_layer,
 )
-from napari_wfss.classes import ClassTable
-from napari_wfss.engine import declared_threshold, default_queries
+from napari_wfss._qt.proposal_run import MODELS_THRESHOLD, ProposalRunMixin
+from napari_wfss.images import ImageReadError
+from napari_wfss.options import DEVICES
 from napari_wfss.session import (
     ACCEPTED,
     DEFAULT_PROJECT_DIRNAME,
@@ -83,9 +67,6 @@ from napari_wfss.session import (
 if TYPE_CHECKING:
     import napari
 
-log = logging.getLogger(__name__)
-
-ROLE = "wfss_role"
 STATUS_COLORS = {
     UNTAGGED: "#9e9e9e",
     TAGGED: "#42a5f5",
@@ -94,20 +75,6 @@ STATUS_COLORS = {
     ACCEPTED: "#66bb6a",
     REJECTED: "#ef5350",
 }
-DEVICES = ("auto", "cpu", "cuda", "mps")
-TAG_KEYS = tuple(str(i) for i in range(1, 10))
-REVIEW_KEYS = {"C": "accept", "X": "reject", "N": "next_image", "Shift-N": "previous_image"}
-
-
-def label_colormap(classes: ClassTable):
-    """A napari ``DirectLabelColormap``: class colours at their ids, 0 transparent, 255 (ignore) grey."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    colors: dict[int | None, tuple[float, ...]] = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
-    for class_id, rgb in classes.colors().items():
-        if class_id:
-            colors[class_id] = (*(c / 255.0 for c in rgb), 1.0)
-    return DirectLabelColormap(color_dict=colors)
 
 
 def _swatch(rgb: tuple[int, int, int]) -> QIcon:
@@ -116,47 +83,14 @@ def _swatch(rgb: tuple[int, int, int]) -> QIcon:
     return QIcon(pix)
 
 
-def _unbind(providers: list[Any], keys: list[str]) -> None:
-    """Remove our key bindings (connected to the widget's ``destroyed``; must not touch the widget)."""
-    for provider in providers:
-        for key in keys:
-            provider.bind_key(key, None)
-
-
-def _close_run(holder: dict) -> None:
-    run = holder.get("run")
-    if run is not None:
-        run.close()
-
-
-@dataclass(frozen=True)
-class ProposalStored:
-    """The worker stored a proposal; ``stored`` is False if a user mask kept it out."""
-
-    image: str
-    stored: bool
-
-
-def _store_proposals(run: EngineProcess, session: Session, model: str) -> Iterator[RunEvent | ProposalStored]:
-    """Worker-thread generator: store each streamed proposal in the session (PNG + project.json
-    writes stay off the UI thread) and pass the other run events on."""
-    for event in run.events():
-        if isinstance(event, ProposalReady):
-            try:
-                stored = session.set_proposal(event.image, event.label_map, model=model, scores=event.scores)
-                yield ProposalStored(event.image, stored)
-            except UserError as exc:
-                yield RunFailed(str(exc), user_error=True)
-        else:
-            yield event
-
-
-class WfssWidget(QWidget):
+class WfssWidget(ProposalRunMixin, QWidget):
     """Few-shot labelling: tag a few images with class names, get proposals for the rest, review them.
 
     The public methods (``open_folder``, ``show_image``, ``toggle_tag``, ``add_class``, ``propose``,
     ``cancel``, ``accept``, ``reject``, ``next_image``, ``previous_image``, ``export``, ...) are what
-    the buttons and keys call; scripts and tests may call them directly.
+    the buttons and keys call; scripts and tests may call them directly. The Propose box's actions
+    (``propose``, ``cancel``, ``proposal_options``, ``running``) come from
+    :class:`~napari_wfss._qt.proposal_run.ProposalRunMixin`.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -164,19 +98,13 @@ class WfssWidget(QWidget):
         self.viewer = napari_viewer
         self.session: Session | None = None
         self.current: str | None = None
-        self.engine_spec = DEFAULT_ENGINE
         self._loaded: np.ndarray | None = None  # the label map as shown, to detect edits
-        self._run_holder: dict[str, Any] = {}
-        self._run_session: Session | None = None
-        self._run_model = ""
-        self._run_count = 0
-        self._worker = None  # the running proposal / export workers (kept referenced while they run)
-        self._export_worker = None
+        self._init_proposal_run()
+        self._export_worker = None  # the running export worker (kept referenced while it runs)
         self._updating = False
         self.last_export = None
         self._build_ui()
-        self._bind_viewer_keys()
-        self.destroyed.connect(partial(_close_run, self._run_holder))
+        bind_viewer_keys(self)
         self._refresh_enabled()
 
     # ================================================================ UI
@@ -252,13 +180,16 @@ class WfssWidget(QWidget):
         self.shots_spin.setValue(5)
         self.shots_spin.setToolTip("at most this many tagged images per class are used as supports")
         self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 0.95)
+        self.threshold_spin.setRange(MODELS_THRESHOLD, 1.0)
         self.threshold_spin.setSingleStep(0.05)
-        # shown at 0.0: the model's decision rule (its threshold, where the model's JSON declares it)
+        self.threshold_spin.setValue(MODELS_THRESHOLD)
+        # the minimum, one step below 0, shows "model's": the model's decision rule (its threshold, where the
+        # model's JSON declares it); 0 and up mean what `wfss label --threshold` means (napari_wfss.options)
         self.model_edit.editingFinished.connect(self._show_model_threshold)
         self._show_model_threshold()
         self.threshold_spin.setToolTip("background where no class reaches this foreground score; higher: "
-                                       "smaller, surer masks ('model's': the model's own threshold)")
+                                       "smaller, surer masks; 0: no background ('model's': the model's own "
+                                       "threshold)")
         self.snap_check = QCheckBox("Snap to edges")
         self.snap_check.setChecked(True)
         self.snap_check.setToolTip("pull each mask to the image's colour edges (GrabCut), as the model's rule "
@@ -291,6 +222,11 @@ class WfssWidget(QWidget):
         row.addWidget(self.progress_bar, 1)
         row.addWidget(self.run_label)
         inner.addLayout(row)
+        self.skipped_list = QListWidget()
+        self.skipped_list.setToolTip("images the last run left without a proposal, with the reason")
+        self.skipped_list.setMaximumHeight(80)
+        self.skipped_list.setVisible(False)
+        inner.addWidget(self.skipped_list)
         layout.addWidget(box)
 
         box = QGroupBox("Review")
@@ -311,11 +247,6 @@ class WfssWidget(QWidget):
         self.export_button.clicked.connect(lambda: self.export())
         inner.addWidget(self.export_button)
         layout.addWidget(box)
-
-    @property
-    def running(self) -> bool:
-        """True while a proposal run is in progress."""
-        return self._run_holder.get("run") is not None
 
     def _refresh_enabled(self) -> None:
         has_session = self.session is not None
@@ -383,10 +314,7 @@ class WfssWidget(QWidget):
         self._capture_edits()
         if self.session is not None and not (self.running and self.session is self._run_session):
             self.session.close()  # else released when the cancelled run's last proposals are stored
-        for role in ("labels", "image"):
-            layer = self._layer(role)
-            if layer is not None:
-                self.viewer.layers.remove(layer)
+        remove_layers(self.viewer)
         self.session, self.current, self._loaded = None, None, None
         self.image_table.setRowCount(0)
         self.class_table.setRowCount(0)
@@ -572,56 +500,35 @@ class WfssWidget(QWidget):
 
     # ================================================================ layers
     def _layer(self, role: str):
-        return next((lyr for lyr in self.viewer.layers if lyr.metadata.get(ROLE) == role), None)
+        return find_layer(self.viewer, role)
 
     def show_image(self, rel: str) -> None:
-        """Capture edits of the image shown, then show ``rel`` and its label map."""
+        """Capture edits of the image shown, then show ``rel`` and its label map. An image that cannot be
+        read is reported (a notification, no traceback) and the image shown stays."""
         if self.session is None:
             return
         self._capture_edits()
+        try:
+            image = self.session.read_image(rel)
+        except ImageReadError as exc:
+            self._report(exc)
+            return
         self.current = rel
-        image = self.session.read_image(rel)
-        layer = self._layer("image")
-        if layer is None:
-            self.viewer.add_image(image, name=rel, rgb=True, metadata={ROLE: "image"})
-            self.viewer.reset_view()
-        else:
-            shape_changed = layer.data.shape != image.shape
-            layer.data = image
-            layer.name = rel
-            if shape_changed:
-                self.viewer.reset_view()
-        self._bind_layer_keys(self._layer("image"), with_tags=True)
+        bind_layer_keys(self, show_image_layer(self.viewer, image, rel), with_tags=True)
         self._show_labels()
         self._select_row(rel)
         self._fill_class_table()
         self._refresh_enabled()
 
     def _show_labels(self) -> None:
-        """Show the current image's label map (or an empty one to paint) in the Labels layer.
-
-        The layer is reused (making one costs about a second under software OpenGL); its undo
-        history is cleared so napari's undo never reaches back into another image.
-        """
+        """Show the current image's label map (or an empty one to paint) in the Labels layer (selected if
+        there is a stored map, else the image layer is)."""
         rel = self.current
         stored = self.session.current_label_map(rel)
         shape = self._layer("image").data.shape[:2]
         data = stored if stored is not None else np.zeros(shape, np.uint8)
-        layer = self._layer("labels")
-        if layer is None:
-            layer = self.viewer.add_labels(data.copy(), name=f"labels: {rel}", metadata={ROLE: "labels"}, opacity=0.6)
-            self._bind_layer_keys(layer, with_tags=False)
-        else:
-            mode = layer.mode
-            layer.data = data.copy()
-            layer.name = f"labels: {rel}"
-            layer.editable = False  # public way to clear the undo history (napari resets it here)
-            layer.editable = True
-            layer.mode = mode
-        layer.colormap = label_colormap(self.session.classes)
-        if len(self.session.classes):
-            present = [c for c in self.session.classes.ids if c in np.unique(data)]
-            layer.selected_label = (present or self.session.classes.ids)[0]
+        layer = show_labels_layer(self.viewer, data, f"labels: {rel}", self.session.classes)
+        bind_layer_keys(self, layer, with_tags=False)
         self._loaded = data.copy()
         self.viewer.layers.selection.active = layer if stored is not None else self._layer("image")
 
@@ -648,6 +555,10 @@ class WfssWidget(QWidget):
         self._loaded = data.copy()
         self._update_image_row(self.current)
         self._update_counts()
+
+    def _unedited(self) -> bool:
+        layer = self._layer("labels")
+        return layer is None or self._loaded is None or np.array_equal(np.asarray(layer.data), self._loaded)
 
     # ================================================================ review
     def _step(self, delta: int) -> None:
@@ -701,105 +612,6 @@ class WfssWidget(QWidget):
         else:
             self._show_labels()
 
-    # ================================================================ proposals
-    def _model_name(self) -> str:
-        """The Model field's name, ``"default"`` when it is empty."""
-        return self.model_edit.text().strip() or "default"
-
-    def _show_model_threshold(self) -> None:
-        """Name the chosen model's own threshold in the threshold box's "model's" setting."""
-        threshold = declared_threshold(self._model_name())
-        self.threshold_spin.setSpecialValueText("model's" if threshold is None else f"model's ({threshold:.2f})")
-
-    def _engine_options(self) -> dict[str, Any]:
-        return {
-            "project": str(self.session.project_dir),
-            "model": self._model_name(),
-            "device": self.device_combo.currentText(),
-            "shots": self.shots_spin.value(),
-            "threshold": self.threshold_spin.value() or None,
-            "snap": self.snap_check.isChecked(),
-            "refine_supports": True if self.refine_check.isChecked() else None,
-        }
-
-    def propose(self) -> None:
-        """Propose label maps for every image without tags, proposal or mask, in a child process;
-        results stream in as images finish."""
-        from napari.qt.threading import create_worker
-
-        if self.session is None or self.running:
-            return
-        from napari.utils.notifications import show_info
-
-        self._capture_edits()
-        if not self.session.images_tagged():
-            self._report(UserError("tag at least one image with a class before proposing (tick a class or press 1-9)"))
-            return
-        targets = default_queries(self.session)
-        if not targets:
-            show_info("nothing to propose: every image is tagged, proposed or done")
-            return
-        self.session.save()
-        self._run_session = self.session
-        run = EngineProcess(self._engine_options(), engine=self.engine_spec)
-        self._run_holder["run"] = run
-        self._run_model = self._model_name()
-        self._run_count = 0
-        self.progress_bar.setRange(0, len(targets))
-        self.progress_bar.setValue(0)
-        self.progress_bar.setVisible(True)
-        self.run_label.setText(f"proposing {len(targets)} images…")
-        worker = create_worker(_store_proposals, run, self.session, self._run_model, _ignore_errors=True)
-        worker.yielded.connect(self._on_run_event)
-        worker.errored.connect(self._report)
-        worker.finished.connect(self._on_worker_finished)
-        self._worker = worker
-        self._refresh_enabled()
-        worker.start()
-
-    def cancel(self) -> None:
-        """Stop the run after the image in progress (the child is killed if it does not stop soon)."""
-        run = self._run_holder.get("run")
-        if run is not None:
-            run.cancel()
-            self.run_label.setText("cancelling…")
-
-    def _on_run_event(self, event) -> None:
-        from napari.utils.notifications import show_error, show_info
-
-        if isinstance(event, ProposalStored):
-            self._run_count += 1
-            self.run_label.setText(f"{self._run_count} proposed")
-            if self.session is self._run_session:  # else the user closed it meanwhile: stored, not shown
-                self._update_image_row(event.image)
-                self._update_counts()
-                if event.stored and event.image == self.current and self._unedited():
-                    self._show_labels()
-            self.progress_bar.setValue(min(self._run_count, self.progress_bar.maximum()))
-        elif isinstance(event, RunFailed):
-            if event.details:
-                log.error("proposal run failed: %s\n%s", event.message, event.details)
-            show_error(event.message if event.user_error else f"proposal run failed: {event.message}")
-        elif isinstance(event, RunFinished):
-            verb = "cancelled after" if event.cancelled else "finished:"
-            self.run_label.setText(f"{verb} {self._run_count} proposed")
-            show_info(f"proposal run {verb} {self._run_count} image(s) proposed")
-
-    def _unedited(self) -> bool:
-        layer = self._layer("labels")
-        return layer is None or self._loaded is None or np.array_equal(np.asarray(layer.data), self._loaded)
-
-    def _on_worker_finished(self) -> None:
-        run = self._run_holder.pop("run", None)
-        if run is not None:
-            run.close()
-        if self._run_session is not None and self._run_session is not self.session:
-            self._run_session.close()  # the user closed it during the run
-        self._run_session = None
-        self.progress_bar.setVisible(False)
-        self._worker = None
-        self._refresh_enabled()
-
     # ================================================================ export
     def export(self, out_dir: str | Path | None = None) -> None:
         """Export accepted, edited and proposed images as a dataset folder (off the UI thread)."""
@@ -826,23 +638,3 @@ class WfssWidget(QWidget):
 
         self.last_export = summary
         show_info(f"exported {summary.count} image(s) to {summary.out_dir}")
-
-    # ================================================================ keys
-    def _key_actions(self, with_tags: bool) -> dict[str, Any]:
-        actions = {key: getattr(self, method) for key, method in REVIEW_KEYS.items()}
-        if with_tags:
-            actions.update({key: partial(self.toggle_tag_index, i) for i, key in enumerate(TAG_KEYS)})
-        return actions
-
-    def _bind(self, provider, with_tags: bool) -> None:
-        for key, action in self._key_actions(with_tags).items():
-            provider.bind_key(key, lambda _provider, action=action: action(), overwrite=True)
-
-    def _bind_viewer_keys(self) -> None:
-        self._bind(self.viewer, with_tags=True)
-        self.destroyed.connect(partial(_unbind, [self.viewer], list(self._key_actions(True))))
-
-    def _bind_layer_keys(self, layer, with_tags: bool) -> None:
-        if not layer.metadata.get("wfss_keys"):
-            self._bind(layer, with_tags)
-            layer.metadata["wfss_keys"] = True

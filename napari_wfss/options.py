@@ -1,0 +1,153 @@
+"""The options of a proposal run, in one dataclass: what ``wfss label`` parses, what the widget's fields
+give, what travels to the engine's child process as JSON, and what :class:`napari_wfss.engine.Engine`
+is built from. No torch, no Qt.
+
+The threshold, defined here once for every entry:
+
+- ``None``: the decision rule's own threshold (the model's; ``wfss label`` without ``--threshold``, the
+  widget's "model's" setting);
+- a value ``t`` in ``[0, 1]``: background where no class reaches a foreground score of ``t``. A ``t``
+  strictly inside (0, 1) also becomes the rule's threshold, so each class's mask is decided at ``t``
+  before the rule's trim and snap (``hhn.pipeline.override_rule``); ``0`` leaves no background pixel
+  (every pixel takes its best class) and ``1`` labels only pixels scored 1, both with the rule's own
+  per-class threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hhn.errors import UserError
+
+if TYPE_CHECKING:
+    from hhn.config import DecisionRule
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class OptionsError(UserError):
+    """A proposal option out of range, or an options record that cannot be read."""
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` flag every ``wfss`` subcommand that computes shares."""
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="compute device; auto picks cuda, then mps, then cpu (default: auto)")
+
+
+def check_run_numbers(shots: int, batch_size: int, threshold: float | None) -> None:
+    """Raise :class:`OptionsError` unless ``shots`` and ``batch_size`` are at least 1 and ``threshold`` is
+    None or in ``[0, 1]`` (see the module doc)."""
+    if shots < 1 or batch_size < 1:
+        raise OptionsError(f"shots and batch size must be at least 1 (got {shots} and {batch_size})")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise OptionsError(f"threshold must be in [0, 1] (or left out for the model's own), got {threshold}")
+
+
+@dataclass(frozen=True)
+class ProposalOptions:
+    """One proposal run's settings.
+
+    ``model``: ``"default"``, a checkpoint path, ``"local-dir:/folder"`` or ``"preset:NAME"``;
+    ``device``: one of :data:`DEVICES`; ``shots``: at most this many supports per class; ``batch_size``:
+    query images per batch; ``threshold``: see the module doc; ``decision``: a rule as ``wfss eval
+    --decision`` writes it (``hhn.config.parse_decision_rule``), None for the model's; ``snap``: False
+    drops the rule's snap to the image's edges; ``refine_supports``: True / False refines tag supports
+    or not, None follows the rule.
+    """
+
+    model: str = "default"
+    device: str = "auto"
+    shots: int = 5
+    batch_size: int = 4
+    threshold: float | None = None
+    decision: str | None = None
+    snap: bool = True
+    refine_supports: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise OptionsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_run_numbers(self.shots, self.batch_size, self.threshold)
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", float(self.threshold))
+        self.decision_rule()  # a malformed rule fails here, before any work
+
+    def decision_rule(self) -> DecisionRule | None:
+        """The parsed ``decision``, or None for the model's own rule."""
+        from hhn.config import parse_decision_rule
+
+        return None if self.decision is None else parse_decision_rule(self.decision)
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """The :class:`napari_wfss.engine.Engine` arguments these options stand for."""
+        fields = dataclasses.asdict(self)
+        fields["decision"] = self.decision_rule()
+        return fields
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> str:
+        """One JSON object (the child process's request); :meth:`from_json` reads it back equal."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProposalOptions:
+        """Options from :meth:`to_json`'s text; unknown or badly typed fields raise :class:`OptionsError`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OptionsError(f"proposal options are not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise OptionsError("proposal options must be a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProposalOptions:
+        """Options from a dict of field values (see :meth:`from_json`)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise OptionsError(f"unknown proposal option(s): {', '.join(unknown)}")
+        types = {"model": (str,), "device": (str,), "shots": (int,), "batch_size": (int,),
+                 "threshold": (int, float, type(None)), "decision": (str, type(None)), "snap": (bool,),
+                 "refine_supports": (bool, type(None))}
+        for name, value in data.items():
+            if not isinstance(value, types[name]) or (isinstance(value, bool) and bool not in types[name]):
+                raise OptionsError(f"proposal option {name} has the wrong type: {value!r}")
+        return cls(**data)
+
+    # ------------------------------------------------------------------ command line
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Add the options' flags to a parser (``wfss label``); :meth:`from_args` reads them back."""
+        parser.add_argument("--model", default="default",
+                            help="'default' (shipped offline model), a checkpoint path, local-dir:FOLDER, or "
+                                 "preset:NAME (random heads: untrained, only to try the pipeline) (default: default)")
+        parser.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
+        parser.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
+        parser.add_argument("--threshold", type=float, default=None,
+                            help="background where no class reaches this foreground score, in [0, 1] (0: no "
+                                 "background); inside (0, 1) also each class's threshold in the decision rule, "
+                                 "before its trim and snap (default: the rule's own)")
+        parser.add_argument("--decision", default=None, metavar="RULE",
+                            help="override the model's decision rule, as in `wfss eval --decision`: 'argmax' or "
+                                 "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND][,supports:refined], e.g. "
+                                 "0.5,0.6,trim:1/0.5/0 (default: the model's rule)")
+        parser.add_argument("--no-snap", dest="snap", action="store_false",
+                            help="leave out the rule's snap to the image's colour edges (GrabCut), e.g. for images "
+                                 "whose colour edges do not follow the objects")
+        parser.add_argument("--refine-supports", action="store_true", default=None,
+                            help="refine each tagged support's prior like a mask (threshold, trim, snap) before it "
+                                 "is used: helped objects of one appearance (animals) and hurt objects made of "
+                                 "unlike parts (signs, buildings) on MSRC; see the model card (default: the "
+                                 "model's rule)")
+        add_device_argument(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ProposalOptions:
+        """The options of parsed :meth:`add_arguments` flags."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
