@@ -248,12 +248,12 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, t
         with tqdm(total=len(plan.queries), file=log, unit="image", desc="labelling",
                   disable=not (progress and plan.queries)) as bar:
             for result in engine.propose(session, plan=plan):
-                if result.error is None and result.stored:
+                if result.error is None:  # stored (store_proposals names why a result was not)
                     writer.write_image(result.image)
                     summary.labelled.append(result.image)
                     summary.compute_seconds += result.seconds
                 else:
-                    summary.failed.append((result.image, result.error or "a user mask appeared meanwhile"))
+                    summary.failed.append((result.image, result.error))
                 bar.update(1)
                 pacer.maybe()
     finally:  # also on Ctrl-C or an error: the index files describe everything exported so far

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 PRESET_PREFIX = "preset:"
 UNTRAINED_NOTE = "untrained heads"
+USER_MASK_KEPT = "a user mask appeared meanwhile"  #: why a finished proposal was not stored (the mask stays)
 
 
 class EngineError(UserError):
@@ -220,8 +221,9 @@ def resolve_label_map(fg_probs: Sequence[np.ndarray], class_ids: Sequence[int],
 
 def store_proposals(session: Session, results: Sequence[ProposalResult]) -> None:
     """Save finished results as their images' proposals with one ``project.json`` write: the one place
-    both ``wfss label`` and the widget store proposals. Sets each result's ``stored``; a result that
-    cannot be stored (the file changed on disk meanwhile, a class was removed) gets ``error`` instead.
+    both ``wfss label`` and the widget store proposals. Sets each result's ``stored``; a result that is
+    not stored gets ``error``: :data:`USER_MASK_KEPT` when a user mask appeared meanwhile, else why (the
+    file changed on disk meanwhile, a class was removed).
     Results without a label map (``error`` set) are left as they are."""
     with session.deferred_save():
         for result in results:
@@ -232,6 +234,9 @@ def store_proposals(session: Session, results: Sequence[ProposalResult]) -> None
                                                      scores=result.scores)
             except UserError as exc:
                 result.error = f"not stored: {exc}"
+            else:
+                if not result.stored:
+                    result.error = USER_MASK_KEPT
 
 
 def _summarise(label_map: np.ndarray, best_prob: np.ndarray, classes: Sequence[ClassPlan]) -> tuple[dict, dict]:
@@ -319,7 +324,6 @@ class Engine:
         self._refine_supports = None if refine_supports is None else bool(refine_supports)
         self._prior = prior
         self._model_name = model_name
-        self._predictor: Predictor | None = None
         self._pipeline: FewShotPipeline | None = None
         self.warnings: list[str] = []
 
@@ -355,32 +359,25 @@ class Engine:
 
     def load(self) -> Predictor:
         """Build the model and its predictor now (else done by the first run); returns the predictor."""
-        if self._predictor is None:
-            from hhn.pipeline import override_rule
-            from hhn.predictor import Predictor
+        return self.pipeline().predictor
+
+    def pipeline(self) -> FewShotPipeline:
+        """The few-shot pipeline of the model, under its decision rule with this engine's overrides
+        (``hhn.pipeline.override_rule``); built on first use and kept for later runs."""
+        if self._pipeline is None:
+            from hhn.pipeline import FewShotPipeline
 
             model = self.model_spec
             if hasattr(model, "encode_support"):  # a ready predictor
                 if self._decision is not None or not self._snap or self._refine_supports is not None:
                     raise EngineError("give the decision rule to the Predictor itself, not to the Engine")
-                self._predictor = model
-                return model
-            if isinstance(model, str | os.PathLike):
-                from hhn.factory import create_model
-
-                name = os.fspath(model)
-                model = create_model(name.removeprefix(PRESET_PREFIX), device=self.device)
-            decision = override_rule(model.config.decision, decision=self._decision, threshold=self._threshold,
-                                     snap=self._snap, refine_supports=self._refine_supports)
-            self._predictor = Predictor(model, device=self.device, decision=decision)
-        return self._predictor
-
-    def pipeline(self) -> FewShotPipeline:
-        """The few-shot pipeline of the loaded model (built with it, kept for later runs)."""
-        if self._pipeline is None:
-            from hhn.pipeline import FewShotPipeline
-
-            self._pipeline = FewShotPipeline(self.load(), prior=self._prior)
+                self._pipeline = FewShotPipeline(model, prior=self._prior)
+            else:
+                if isinstance(model, str | os.PathLike):
+                    model = os.fspath(model).removeprefix(PRESET_PREFIX)
+                self._pipeline = FewShotPipeline.from_model(
+                    model, device=self.device, decision=self._decision, threshold=self._threshold, snap=self._snap,
+                    refine_supports=self._refine_supports, prior=self._prior)
         return self._pipeline
 
     # ------------------------------------------------------------------ supports
@@ -479,8 +476,9 @@ class Engine:
             ok.append((result, image))
         if ok:
             resolvers = [_Resolver() for _ in ok]
+            encoded = [self.pipeline().taps(im) for _, im in ok]  # once per query, shared by every class
             for segmenter in prepared:
-                for resolver, pred in zip(resolvers, segmenter.predict_batch([im for _, im in ok])):
+                for resolver, pred in zip(resolvers, segmenter.predict_batch(encoded)):
                     resolver.add(pred.fg_prob)
             ids = [c.id for c in plan.classes]
             for (result, _), resolver in zip(ok, resolvers):

@@ -19,6 +19,7 @@ from hhn.config import DecisionRule
 from hhn.errors import UserError
 from hhn.priors.base import ClassPrior, TagPrior, as_tagged
 from napari_wfss.engine import (
+    USER_MASK_KEPT,
     Engine,
     EngineError,
     default_queries,
@@ -273,7 +274,9 @@ class FakePredictor:
         self.decision = decision or DecisionRule()
 
     def encode_image(self, image):
-        return SimpleNamespace(original_size=image.shape[:2])
+        from hhn.predictor import EncodedImage
+
+        return EncodedImage((), image.shape[:2], "fake", image)
 
     def encode_support(self, images, masks, text=None):
         return SimpleNamespace(shots=len(images))
@@ -352,6 +355,7 @@ def test_user_work_is_never_overwritten(session):
     results = {r.image: r for r in engine.propose(session, images=session.images, should_stop=edit_meanwhile)}
     assert "q0.png" not in results and "q1.png" not in results
     assert results["q3.png"].label_map is not None and not results["q3.png"].stored
+    assert results["q3.png"].error == USER_MASK_KEPT  # named, for wfss label's summary and the widget's list
     assert results["q2.png"].stored
     assert session.status("q0.png") == ACCEPTED and session.status("q3.png") == EDITED
     for rel in ["q0.png", "q1.png", "q3.png"]:

@@ -149,17 +149,17 @@ class ProposalRunMixin:
     def _on_run_event(self, event) -> None:
         from napari.utils.notifications import show_error, show_info, show_warning
 
-        if isinstance(event, ProposalResult) and (event.error is not None or not event.stored):
-            self._add_skipped(event.image, event.error or "a mask of yours appeared meanwhile; kept yours")
-            self.progress_bar.setValue(min(self._run_count + len(self.skipped), self.progress_bar.maximum()))
-        elif isinstance(event, ProposalResult):
-            self._run_count += 1
-            self.run_label.setText(f"{self._run_count} proposed")
-            if self.session is self._run_session:  # else the user closed it meanwhile: stored, not shown
-                self._update_image_row(event.image)
-                self._update_counts()
-                if event.stored and event.image == self.current and self._unedited():
-                    self._show_labels()
+        if isinstance(event, ProposalResult):
+            if event.error is not None:  # unreadable, or not stored (store_proposals says why)
+                self._add_skipped(event.image, event.error)
+            else:
+                self._run_count += 1
+                self.run_label.setText(f"{self._run_count} proposed")
+                if self.session is self._run_session:  # else the user closed it meanwhile: stored, not shown
+                    self._update_image_row(event.image)
+                    self._update_counts()
+                    if event.image == self.current and self._unedited():
+                        self._show_labels()
             self.progress_bar.setValue(min(self._run_count + len(self.skipped), self.progress_bar.maximum()))
         elif isinstance(event, RunWarning):
             log.warning("proposal run: %s", event.message)
