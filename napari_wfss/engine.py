@@ -16,18 +16,21 @@ One run (:meth:`Engine.propose`):
    (refined first when the rule says so); the supports are encoded once per class. Every gallery image
    is decoded once and run through the backbone at most once per run, however many classes it serves
    (the co-segmentation prior reads the same taps when they are the ones it expects).
-3. **Queries, streamed in batches of** ``batch_size``. Each query is decoded and encoded once (the
-   prior reuses the taps too); per class the pipeline's ``ClassSegmenter.predict_batch`` gives
-   ``fg_prob`` ``(H, W)`` in ``[0, 1]`` (the network's softmax blended with the prior by the model's
-   decision rule, ``hhn.config.DecisionRule``; 0 where the rule's trim to the query's own
-   appearance or its snap to the image's edges removed a pixel, at least the rule's threshold where
-   the snap added one).
+3. **Queries, streamed.** Each query is decoded and encoded once (the prior reuses the taps too);
+   per class the pipeline's ``ClassSegmenter.predict`` gives ``fg_prob`` ``(H, W)`` in ``[0, 1]`` (the
+   network's softmax blended with the prior by the model's decision rule, ``hhn.config.DecisionRule``;
+   0 where the rule's trim to the query's own appearance or its snap to the image's edges removed a
+   pixel, at least the rule's threshold where the snap added one).
    Per pixel the label is the class with the highest ``fg_prob`` (ties: class-table order), or
    background (0) where that highest value is below ``threshold`` (default: the rule's; a given one
-   also replaces the rule's, see :class:`Engine`). With ``store=True`` the batch's
-   label maps are stored with ``Session.set_proposal`` under one ``deferred_save`` (one write of
-   ``project.json`` per batch), then the results are yielded. Memory holds one batch of queries
-   (and two maps per query for the per-pixel decision, whatever the number of classes).
+   also replaces the rule's, see :class:`Engine`). On the CPU, ``threads`` queries are computed side by
+   side, each on one torch thread (one query's small convolutions, its GrabCut and its prior do not
+   keep two cores busy; two queries do); results still come out in plan order, and a query's result
+   does not depend on the thread count. Then everything held for the query is dropped
+   (``FewShotPipeline.forget_image``), so memory stays flat over any number of images. With
+   ``store=True`` each ``batch_size`` results are stored with ``Session.set_proposal`` under one
+   ``deferred_save`` (one write of ``project.json`` per batch), then yielded; with ``store=False``
+   (the widget's child process: the widget stores them) each result is yielded as soon as it is done.
 
 Cancellation: ``should_stop()`` is asked before each class's support preparation and before each
 query image; once it returns True the images already started are finished, stored and yielded, and
@@ -42,7 +45,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -158,8 +163,9 @@ class ProposalResult:
     ``image``: session path; ``key``: its session key. ``label_map``: ``(H, W)`` ``uint8`` class ids
     (0 = background), None when ``error`` is set. ``scores``: per class name present in the map, the
     mean ``fg_prob`` over its pixels, in ``[0, 1]``. ``fractions``: per class in play, the share of
-    the image's pixels labelled with it, in ``[0, 1]``. ``seconds``: this image's share of its
-    batch's wall time (decoding, encoding, priors, prediction). ``stored``: whether the session now
+    the image's pixels labelled with it, in ``[0, 1]``. ``seconds``: the run's wall time since the
+    previous result (decoding, encoding, priors, prediction; with queries computed side by side, the
+    image's share of the run's time, not its own latency). ``stored``: whether the session now
     holds it as the proposal (False without ``store``, or when a user mask appeared meanwhile).
     ``error``: why the image has no label map (it could not be read) or was not stored. ``model``: the
     name of the model that proposed it, stored with the proposal (``Engine.model_name``).
@@ -283,7 +289,7 @@ class Engine:
             pipeline), an ``hhn.network.HHN`` instance, or a ready ``hhn.predictor.Predictor``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (``hhn.device.select_device``).
         shots: at most this many support images per class.
-        batch_size: query images per batch (memory and ``project.json`` writes per batch).
+        batch_size: results stored per ``project.json`` write.
         threshold: background where the best class's ``fg_prob`` is below it: None (the rule's) or a
             value in ``[0, 1]``, as :mod:`napari_wfss.options` defines it (a ready ``Predictor`` keeps its
             rule; only the per-pixel decision uses it).
@@ -294,6 +300,11 @@ class Engine:
         refine_supports: True refines each support known by its tags only (its prior thresholded,
             trimmed and snapped with the rule's steps) before it is encoded, False never does, None
             (default) follows the rule (``DecisionRule.refine_supports``; the default model's: no).
+        precision: ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"`` or
+            ``"bfloat16"``: the network's compute precision (``hhn.device.inference_dtype``).
+        threads: CPU cores a run uses: on the CPU this many queries are computed side by side, each on
+            one torch thread (torch's thread count is set to 1 during a run and restored after); None
+            (default): torch's thread count. On CUDA / MPS queries go one at a time.
         prior: the ``hhn.priors`` ``TagPrior`` fitted per class; default :meth:`default_prior`.
         model_name: the name stored with each proposal; default derived from ``model``.
 
@@ -312,8 +323,12 @@ class Engine:
         decision: Any = None,
         snap: bool = True,
         refine_supports: bool | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> None:
         check_run_numbers(shots, batch_size, threshold)
+        if threads is not None and threads < 1:
+            raise EngineError(f"threads must be at least 1, got {threads}")
         self.model_spec = model
         self.device = device
         self.shots = int(shots)
@@ -322,6 +337,8 @@ class Engine:
         self._decision = decision
         self._snap = bool(snap)
         self._refine_supports = None if refine_supports is None else bool(refine_supports)
+        self._precision = precision
+        self.threads = threads
         self._prior = prior
         self._model_name = model_name
         self._pipeline: FewShotPipeline | None = None
@@ -369,7 +386,8 @@ class Engine:
 
             model = self.model_spec
             if hasattr(model, "encode_support"):  # a ready predictor
-                if self._decision is not None or not self._snap or self._refine_supports is not None:
+                if (self._decision is not None or not self._snap or self._refine_supports is not None
+                        or self._precision != "auto"):
                     raise EngineError("give the decision rule to the Predictor itself, not to the Engine")
                 self._pipeline = FewShotPipeline(model, prior=self._prior)
             else:
@@ -377,7 +395,7 @@ class Engine:
                     model = os.fspath(model).removeprefix(PRESET_PREFIX)
                 self._pipeline = FewShotPipeline.from_model(
                     model, device=self.device, decision=self._decision, threshold=self._threshold, snap=self._snap,
-                    refine_supports=self._refine_supports, prior=self._prior)
+                    refine_supports=self._refine_supports, precision=self._precision, prior=self._prior)
         return self._pipeline
 
     # ------------------------------------------------------------------ supports
@@ -441,51 +459,79 @@ class Engine:
         finally:
             pipeline.forget_images()
         del pixels  # supports are encoded: free the gallery before streaming the queries
-        queries = list(plan.queries)
-        for start in range(0, len(queries), self.batch_size):
-            try:
-                batch, stop = self._run_batch(session, plan, prepared, queries[start:start + self.batch_size],
-                                              should_stop)
-            finally:
-                pipeline.forget_images()
-            if store:
+        if not store:  # nothing to write: each result as soon as it is done (the widget shows them so)
+            yield from self._stream(session, plan, prepared, should_stop)
+            return
+        batch: list[ProposalResult] = []
+        for result in self._stream(session, plan, prepared, should_stop):
+            batch.append(result)
+            if len(batch) == self.batch_size:
                 store_proposals(session, batch)
+                yield from batch
+                batch = []
+        if batch:
+            store_proposals(session, batch)
             yield from batch
-            if stop:
-                return
 
-    def _run_batch(self, session: Session, plan: RunPlan, prepared: Sequence[ClassSegmenter],
-                   rels: Sequence[str], should_stop: Callable[[], bool]) -> tuple[list[ProposalResult], bool]:
-        """Decode and predict one batch for every class; stops taking new images once ``should_stop()``."""
-        started = time.perf_counter()
-        done: list[ProposalResult] = []
-        ok: list[tuple[ProposalResult, np.ndarray]] = []
-        stop = False
-        for rel in rels:
-            if should_stop():
-                stop = True
-                break
-            key = session.key(rel)
+    def _workers(self) -> int:
+        """Queries computed side by side: ``threads`` (default torch's thread count) on the CPU, else 1."""
+        import torch
+
+        if self.pipeline().predictor.device.type != "cpu":
+            return 1
+        return self.threads if self.threads is not None else max(1, torch.get_num_threads())
+
+    def _stream(self, session: Session, plan: RunPlan, prepared: Sequence[ClassSegmenter],
+                should_stop: Callable[[], bool]) -> Iterator[ProposalResult]:
+        """Every query's result in plan order, ``_workers()`` queries at a time (see the module doc).
+        No new query starts once ``should_stop()`` is true; those started are finished and yielded.
+        ``seconds``: the wall time since the previous result (the first: since the stream started)."""
+        from hhn.device import cpu_threads
+
+        workers = self._workers()
+        on_cpu = self.pipeline().predictor.device.type == "cpu"
+        queries = iter(plan.queries)
+        pending: deque[Future[ProposalResult]] = deque()
+        stopped = False
+        with cpu_threads(1 if on_cpu else None), ThreadPoolExecutor(workers, "wfss-query") as pool:
             try:
-                image = session.read_image(rel)
-            except ImageReadError as exc:
-                done.append(ProposalResult(rel, key, None, error=str(exc), model=self.model_name))
-                continue
-            result = ProposalResult(rel, key, None, model=self.model_name)
-            done.append(result)
-            ok.append((result, image))
-        if ok:
-            resolvers = [_Resolver() for _ in ok]
-            encoded = [self.pipeline().taps(im) for _, im in ok]  # once per query, shared by every class
-            for segmenter in prepared:
-                for resolver, pred in zip(resolvers, segmenter.predict_batch(encoded)):
-                    resolver.add(pred.fg_prob)
-            ids = [c.id for c in plan.classes]
-            for (result, _), resolver in zip(ok, resolvers):
-                result.label_map, best = resolver.finish(ids, self.threshold)
-                result.scores, result.fractions = _summarise(result.label_map, best, plan.classes)
-        per_image = (time.perf_counter() - started) / max(1, len(done))
-        for result in done:
-            result.seconds = per_image
-        return done, stop
+                def submit() -> None:
+                    nonlocal stopped
+                    stopped = stopped or should_stop()
+                    rel = None if stopped else next(queries, None)
+                    if rel is not None:
+                        pending.append(pool.submit(self._propose_query, session, plan, prepared, rel))
 
+                for _ in range(2 * workers):  # keep every worker busy while results are handed out
+                    submit()
+                last = time.perf_counter()
+                while pending:
+                    result = pending.popleft().result()
+                    now = time.perf_counter()
+                    result.seconds, last = now - last, now
+                    yield result
+                    submit()
+            finally:
+                for future in pending:  # the consumer stopped early or a query failed: no new work
+                    future.cancel()
+
+    def _propose_query(self, session: Session, plan: RunPlan, prepared: Sequence[ClassSegmenter],
+                       rel: str) -> ProposalResult:
+        """Decode one query, predict it for every class, decide per pixel; runs on a worker thread."""
+        key = session.key(rel)
+        try:
+            image = session.read_image(rel)
+        except ImageReadError as exc:
+            return ProposalResult(rel, key, None, error=str(exc), model=self.model_name)
+        pipeline = self.pipeline()
+        resolver = _Resolver()
+        try:
+            encoded = pipeline.taps(image)  # once, shared by every class
+            for segmenter in prepared:
+                resolver.add(segmenter.predict(encoded).fg_prob)
+        finally:
+            pipeline.forget_image(image)
+        result = ProposalResult(rel, key, None, model=self.model_name)
+        result.label_map, best = resolver.finish([c.id for c in plan.classes], self.threshold)
+        result.scores, result.fractions = _summarise(result.label_map, best, plan.classes)
+        return result

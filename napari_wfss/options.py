@@ -21,12 +21,13 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hhn.device_names import DEVICE_NAMES, PRECISIONS
 from hhn.errors import UserError
 
 if TYPE_CHECKING:
     from hhn.config import DecisionRule
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = DEVICE_NAMES
 
 
 class OptionsError(UserError):
@@ -54,10 +55,12 @@ class ProposalOptions:
 
     ``model``: ``"default"``, a checkpoint path, ``"local-dir:/folder"`` or ``"preset:NAME"``;
     ``device``: one of :data:`DEVICES`; ``shots``: at most this many supports per class; ``batch_size``:
-    query images per batch; ``threshold``: see the module doc; ``decision``: a rule as ``wfss eval
+    proposals saved per project-file write; ``threshold``: see the module doc; ``decision``: a rule as ``wfss eval
     --decision`` writes it (``hhn.config.parse_decision_rule``), None for the model's; ``snap``: False
     drops the rule's snap to the image's edges; ``refine_supports``: True / False refines tag supports
-    or not, None follows the rule.
+    or not, None follows the rule; ``precision``: one of :data:`PRECISIONS` (the network's compute
+    precision; ``auto``: float16 on CUDA, float32 elsewhere); ``threads``: CPU cores a run uses (queries
+    computed side by side), None for torch's thread count.
     """
 
     model: str = "default"
@@ -68,10 +71,16 @@ class ProposalOptions:
     decision: str | None = None
     snap: bool = True
     refine_supports: bool | None = None
+    precision: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise OptionsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise OptionsError(f"threads must be at least 1, got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise OptionsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_run_numbers(self.shots, self.batch_size, self.threshold)
         if self.threshold is not None:
             object.__setattr__(self, "threshold", float(self.threshold))
@@ -114,7 +123,7 @@ class ProposalOptions:
             raise OptionsError(f"unknown proposal option(s): {', '.join(unknown)}")
         types = {"model": (str,), "device": (str,), "shots": (int,), "batch_size": (int,),
                  "threshold": (int, float, type(None)), "decision": (str, type(None)), "snap": (bool,),
-                 "refine_supports": (bool, type(None))}
+                 "refine_supports": (bool, type(None)), "precision": (str,), "threads": (int, type(None))}
         for name, value in data.items():
             if not isinstance(value, types[name]) or (isinstance(value, bool) and bool not in types[name]):
                 raise OptionsError(f"proposal option {name} has the wrong type: {value!r}")
@@ -128,7 +137,8 @@ class ProposalOptions:
                             help="'default' (shipped offline model), a checkpoint path, local-dir:FOLDER, or "
                                  "preset:NAME (random heads: untrained, only to try the pipeline) (default: default)")
         parser.add_argument("--shots", type=int, default=5, help="at most this many supports per class (default: 5)")
-        parser.add_argument("--batch-size", type=int, default=4, help="query images per batch (default: 4)")
+        parser.add_argument("--batch-size", type=int, default=4,
+                            help="proposals saved per write of the project file (default: 4)")
         parser.add_argument("--threshold", type=float, default=None,
                             help="background where no class reaches this foreground score, in [0, 1] (0: no "
                                  "background); inside (0, 1) also each class's threshold in the decision rule, "
@@ -146,6 +156,12 @@ class ProposalOptions:
                                  "unlike parts (signs, buildings) on MSRC; see the model card (default: the "
                                  "model's rule)")
         add_device_argument(parser)
+        parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                            help="the network's compute precision; auto: float16 on CUDA, float32 elsewhere "
+                                 "(default: auto)")
+        parser.add_argument("--threads", type=int, default=None,
+                            help="CPU cores to use: that many images are computed side by side (default: "
+                                 "torch's thread count, normally every core)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProposalOptions:

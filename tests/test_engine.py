@@ -272,6 +272,7 @@ class FakePredictor:
     def __init__(self, decision=None):
         self.config = SimpleNamespace(name="fake", use_text=False)
         self.decision = decision or DecisionRule()
+        self.device = SimpleNamespace(type="cpu")
 
     def encode_image(self, image):
         from hhn.predictor import EncodedImage
@@ -331,6 +332,37 @@ def test_should_stop_ends_the_run_between_images(session):
     results = list(engine.propose(session, should_stop=should_stop))
     assert [r.image for r in results] == ["q0.png", "q1.png"]
     assert session.images_with_status(PROPOSED) == ["q0.png", "q1.png"]
+
+
+def test_queries_side_by_side_give_the_one_thread_results_in_plan_order(session, tiny_model):
+    """``threads=2``: two queries at once, each on one torch thread; same label maps, same order, and
+    torch's thread count is restored after the run."""
+    import torch
+
+    runs = {}
+    for threads in (1, 2):
+        engine = Engine(tiny_model, device="cpu", shots=1, prior=red_prior(), threads=threads)
+        assert engine._workers() == threads
+        before = torch.get_num_threads()
+        runs[threads] = list(engine.propose(session, store=False))
+        assert torch.get_num_threads() == before
+    assert [r.image for r in runs[2]] == [r.image for r in runs[1]] == ["q0.png", "q1.png", "q2.png", "q3.png"]
+    for one, two in zip(runs[1], runs[2]):
+        np.testing.assert_array_equal(one.label_map, two.label_map)
+        assert one.scores == pytest.approx(two.scores)
+
+
+def test_finished_queries_leave_nothing_in_the_pipeline(session, tiny_model):
+    """Memory stays flat: a query's taps (and the prior's copy of them) are dropped once it is done."""
+    from hhn.priors.features import DenseFeatures
+
+    engine = Engine(tiny_model, device="cpu", shots=1)
+    assert len(list(engine.propose(session, store=False))) == 4
+    pipeline = engine.pipeline()
+    dense = pipeline.prior.features
+    assert isinstance(dense, DenseFeatures)  # the tiny model's prior runs its own backbone: its cache counts
+    assert len(pipeline.taps._items) == 0
+    assert len(dense._memory) == 4  # the prior's gallery (a0, a1, ab, b0), none of the 4 queries
 
 
 def test_should_stop_during_support_preparation_ends_the_run_without_results(session):

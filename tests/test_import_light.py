@@ -1,6 +1,7 @@
 """The model library must not pull in napari or Qt (ARCHITECTURE.md: no napari/Qt under src_model/hhn)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -27,3 +28,12 @@ def test_import_hhn_alone_does_not_import_torch():
     code = "import sys, hhn, hhn.config; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_default_model_runs_without_torchvision():
+    """torchvision costs 164 MB of resident memory; only the ResNet / VGG backbones need it."""
+    code = ("import sys; from napari_wfss.engine import Engine; "
+            "Engine('default', device='cpu').load(); print('torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.strip().splitlines()[-1] == "False"

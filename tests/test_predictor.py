@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hhn.config import DecisionRule, load_preset
+from hhn.device import inference_dtype
 from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
@@ -184,3 +185,46 @@ def test_encodings_from_another_model_are_refused(lite):
     foreign = other.encode_image(image(20, 20, 1))
     with pytest.raises(InvalidInputError, match="encoded by model 'other'"):
         lite.encode_support([foreign], [blob(20, 20, 1)])
+
+
+# ------------------------------------------------------------------------------------- precision
+def test_inference_dtype_is_float16_on_cuda_and_float32_elsewhere_by_default():
+    assert inference_dtype("auto", torch.device("cuda")) == torch.float16
+    assert inference_dtype("auto", torch.device("cpu")) is None
+    assert inference_dtype("auto", torch.device("mps")) is None
+    assert inference_dtype("float32", torch.device("cuda")) is None
+    assert inference_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(UserError, match="unknown precision 'half'"):
+        inference_dtype("half", torch.device("cpu"))
+
+
+def _low_precision_agrees(model, precision, device):
+    """Logits and fg_prob of ``precision`` against float32 on ``device`` (same model, same inputs)."""
+    supports, masks = [image(64, 64, 11), image(50, 70, 12)], [blob(64, 64, 11), blob(50, 70, 12)]
+    queries, priors = [image(64, 64, 13), image(45, 61, 14)], [blob(64, 64, 13), blob(45, 61, 14)]
+    outputs = {}
+    for name in ("float32", precision):
+        predictor = Predictor(model, device=device, decision=DecisionRule(), precision=name)
+        support = predictor.encode_support(supports, masks)
+        scored = predictor.logits_batch(queries, support, priors)
+        outputs[name] = (scored, [predictor.decide(s) for s in scored])
+    for ref, low in zip(*(outputs[n][0] for n in ("float32", precision))):
+        assert low.logits.dtype == torch.float32 and all(f.dtype == torch.float32 for f in low.query.features)
+        scale = ref.logits.abs().max().item()
+        assert (low.logits - ref.logits).abs().max().item() <= 0.05 * scale + 1e-3
+        assert not torch.equal(low.logits, ref.logits)  # the low precision did run
+    for ref, low in zip(*(outputs[n][1] for n in ("float32", precision))):
+        assert low.fg_prob.dtype == np.float32
+        assert np.abs(low.fg_prob - ref.fg_prob).mean() < 0.01
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_low_precision_path_matches_float32_on_cpu(lite, precision):
+    """The CUDA float16 / bfloat16 path (autocast around the backbone and the network, float32 taps and
+    logits) runs on CPU too, and stays within low-precision tolerance of float32."""
+    _low_precision_agrees(lite.model, precision, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on GPU machines)")
+def test_float16_on_cuda_matches_float32_on_cuda(lite):
+    _low_precision_agrees(lite.model, "float16", "cuda")

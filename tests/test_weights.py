@@ -116,7 +116,7 @@ def _save_random_resnet50(path):
 
 
 def test_user_file_in_env_dir_is_found_checked_and_loaded(dirs):
-    from hhn.backbones import ResNet50Taps
+    from hhn.backbones_torchvision import ResNet50Taps
 
     saved = _save_random_resnet50(dirs.env / "resnet50-19c8e357.pth")
     # The name promises a SHA-256 starting 19c8e357; a home-made file cannot honour that, so the
@@ -155,7 +155,7 @@ def test_alternative_torchvision_name_in_hub_cache_is_found(dirs):
 
 
 def test_wrong_architecture_file_is_rejected(dirs):
-    from hhn.backbones import VGG16Taps
+    from hhn.backbones_torchvision import VGG16Taps
 
     _save_random_resnet50(dirs.env / "vgg16-397923af.pth")
     with pytest.raises(InvalidWeightsError, match="does not fit"):

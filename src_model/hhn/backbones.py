@@ -19,6 +19,9 @@ Taps (channels @ stride, for a 400x400 input where it matters):
   MBConv blocks end with a linear projection (+ skip), so these are pre-activation maps as for ResNet.
   The conv head and classifier are not built. 'Same' padding is computed for the configured size.
 
+The torchvision backbones live in :mod:`hhn.backbones_torchvision`, imported only when one is built: importing
+torchvision costs 164 MB of resident memory that the default (EfficientNet-Lite0) model does not need.
+
 HA tap choice (spec 1.6), generalised as "query = first tap of each stride group, support = last tap
 of each stride group", with the residual taken from the support's stride-16 tap. For ResNet-50 that is
 query (0, 4, 10), support (3, 9, 12), residual 9 exactly as released; VGG-16 is listed explicitly
@@ -31,61 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
-from torchvision.models.vgg import cfgs as vgg_cfgs
-from torchvision.models.vgg import make_layers as vgg_make_layers
-
-
-class ResNet50Taps(ResNet):
-    """torchvision ResNet-50 without ``fc``/``avgpool``; forward returns the 13 bottleneck taps."""
-
-    def __init__(self) -> None:
-        super().__init__(Bottleneck, [3, 4, 6, 3])
-        del self.fc, self.avgpool
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
-        """images (B, 3, h, w) -> 13 maps: 4 x (B, 512, h/8), 6 x (B, 1024, h/16), 3 x (B, 2048, h/32)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        x = self.layer1(x)
-        taps = []
-        for layer in (self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                identity = x if block.downsample is None else block.downsample(x)
-                out = block.relu(block.bn1(block.conv1(x)))
-                out = block.relu(block.bn2(block.conv2(out)))
-                out = block.bn3(block.conv3(out)) + identity
-                taps.append(out)
-                x = F.relu(out)  # not the block's inplace ReLU: it would overwrite the tap
-        return taps
-
-
-class VGG16Taps(nn.Module):
-    """torchvision VGG-16 ``features`` only (same parameter names); forward returns 7 taps."""
-
-    TAP_MODULES = (17, 19, 21, 24, 26, 28, 30)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = vgg_make_layers(vgg_cfgs["D"], batch_norm=False)
-        for module in self.features:
-            if isinstance(module, nn.ReLU):
-                module.inplace = False
-            elif isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images (B, 3, h, w) -> 7 maps of 512 channels: 3 @ stride 8, 3 @ 16, pool5 @ 32 (floor)."""
-        taps, x = [], images
-        for index, module in enumerate(self.features):
-            x = module(x)
-            if index in self.TAP_MODULES:
-                taps.append(x)
-        return taps
 
 
 class EfficientNetLite0Taps(EfficientNet):
@@ -105,10 +55,14 @@ class EfficientNetLite0Taps(EfficientNet):
 
 
 def _build_resnet50(image_size: tuple[int, int]) -> nn.Module:
+    from hhn.backbones_torchvision import ResNet50Taps  # torchvision (164 MB resident) only when used
+
     return ResNet50Taps()
 
 
 def _build_vgg16(image_size: tuple[int, int]) -> nn.Module:
+    from hhn.backbones_torchvision import VGG16Taps
+
     return VGG16Taps()
 
 

@@ -49,3 +49,11 @@ def correlation_pyramid(first: Sequence[torch.Tensor], second: Sequence[torch.Te
             torch.clamp(scratch, min=0, out=stacked[..., slot])
         pyramid.append(stacked.view(bsz, ha, wa, hb, wb, -1).permute(0, 5, 1, 2, 3, 4))
     return pyramid
+
+
+def swap_images(pyramid: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The same correlations seen from the other image: each (B, n, Ha, Wa, Hb, Wb) becomes
+    (B, n, Hb, Wb, Ha, Wa), what ``correlation_pyramid(second, first, groups)`` computes (the same
+    dot products: measured bit for bit equal on CPU), without computing it again. A view; the encoder
+    stores it channels-last with one copy."""
+    return [level.permute(0, 1, 4, 5, 2, 3) for level in pyramid]

@@ -1,12 +1,15 @@
-"""Compute-device selection: ``select_device("auto"|"cpu"|"cuda"|"mps") -> torch.device``; CPU thread count."""
+"""Compute-device selection: ``select_device("auto"|"cpu"|"cuda"|"mps") -> torch.device``; CPU thread count;
+inference precision (``inference_dtype``)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
+from hhn.device_names import DEVICE_NAMES, PRECISIONS
 from hhn.errors import UserError
-
-DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
 
 def available_devices() -> list[str]:
@@ -52,3 +55,29 @@ def set_cpu_threads(threads: int | None) -> None:
     if threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of inference at ``precision`` (one of :data:`PRECISIONS`) on ``device``, or None
+    for plain float32. ``auto``: float16 on CUDA (tensor cores, half the memory), float32 elsewhere (on a
+    CPU without native half arithmetic the low-precision kernels are slower, not faster)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return None if precision == "float32" else getattr(torch, precision)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: as they are), then restore the count.
+    The count is process-wide: the block should be the only torch work of the process meanwhile."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    set_cpu_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

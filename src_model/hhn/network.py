@@ -52,7 +52,7 @@ from torch import nn
 
 from hhn.backbones import BACKBONES
 from hhn.config import HHNConfig
-from hhn.correlation import correlation_pyramid, weight_by_mask
+from hhn.correlation import correlation_pyramid, swap_images, weight_by_mask
 from hhn.encoder4d import ENCODER_DIM, SqueezeEncoder
 from hhn.transport import SelfAttention, TransportAttention
 
@@ -244,8 +244,9 @@ class HHN(nn.Module):
             if support_weight is None:
                 raise ValueError(f"model {self.config.name!r} masks support features: pass a support weight")
             correlated_support = weight_by_mask(support_feats, support_weight)
-        encoded_query = self.correlation_encoder(correlation_pyramid(query_feats, correlated_support, groups))  # Hq
-        encoded_support = self.correlation_encoder(correlation_pyramid(correlated_support, query_feats, groups))  # Hs
+        pyramid = correlation_pyramid(query_feats, correlated_support, groups)
+        encoded_query = self.correlation_encoder(pyramid)  # Hq
+        encoded_support = self.correlation_encoder(swap_images(pyramid))  # Hs: the same correlations, transposed
 
         # QUIRK: one residual for both branches, from the SUPPORT mid tap (conv before upsampling).
         residual = F.interpolate(self.aggregation.project_tap(support_feats[spec.residual_tap]),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,6 +86,10 @@ class TapCache:
         (the signature of ``hhn.priors.features.DenseFeatures.__call__``)."""
         return self.predictor.descriptors(self(pixels), weights)
 
+    def forget(self, pixels: np.ndarray) -> None:
+        """Forget one image's taps."""
+        self._items.pop(image_key(pixels), None)
+
     def clear(self) -> None:
         """Forget every image's taps (frees their memory)."""
         self._items.clear()
@@ -128,6 +133,14 @@ def clip_text_source(config: Any, device: Any) -> TextSource | None:
     return lambda name: encoder.class_embeddings(name, template=config.text_template, benchmark=config.benchmark)
 
 
+def decision_threads() -> int:
+    """Threads :meth:`ClassSegmenter.predict_batch` decides queries on: torch's CPU thread count (the
+    cores the run was given), at least 1."""
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 class ClassSegmenter:
     """One class, learnt: its fitted tag prior and its encoded supports. Predicts any query.
 
@@ -154,8 +167,16 @@ class ClassSegmenter:
 
     def predict_batch(self, queries: Sequence[np.ndarray | EncodedImage],
                       priors: Sequence[np.ndarray] | None = None) -> list[Prediction]:
-        """One ``Prediction`` (``fg_prob`` float32 (H, W) in [0, 1], ``mask`` bool (H, W)) per query."""
-        return [self.decide(scored) for scored in self.logits(queries, priors)]
+        """One ``Prediction`` (``fg_prob`` float32 (H, W) in [0, 1], ``mask`` bool (H, W)) per query.
+        The queries' decisions run side by side on up to ``torch.get_num_threads()`` threads: a rule's snap
+        (OpenCV's GrabCut) uses one core and releases the GIL. Each decision is deterministic on its own
+        (GrabCut's random generator is seeded per call, per thread), so the results do not depend on it."""
+        scored = self.logits(queries, priors)
+        workers = min(len(scored), decision_threads())
+        if workers <= 1:
+            return [self.decide(item) for item in scored]
+        with ThreadPoolExecutor(workers, thread_name_prefix="hhn-decide") as pool:
+            return list(pool.map(self.decide, scored))
 
     def predict(self, query: np.ndarray | EncodedImage, prior: np.ndarray | None = None) -> Prediction:
         """:meth:`predict_batch` for one query."""
@@ -185,16 +206,17 @@ class FewShotPipeline:
     @classmethod
     def from_model(cls, model: Any, device: Any = "auto", *, decision: DecisionRule | None = None,
                    threshold: float | None = None, snap: bool = True, refine_supports: bool | None = None,
-                   **kwargs: Any) -> FewShotPipeline:
+                   precision: str = "auto", **kwargs: Any) -> FewShotPipeline:
         """A pipeline on ``model`` (a name or path ``hhn.factory.create_model`` takes, or an ``HHN``) under
-        its decision rule with the overrides of :func:`override_rule`; ``kwargs`` go to the constructor."""
+        its decision rule with the overrides of :func:`override_rule`, computing at ``precision``
+        (``hhn.device_names.PRECISIONS``, see ``Predictor``); ``kwargs`` go to the constructor."""
         if isinstance(model, str | os.PathLike):
             from hhn.factory import create_model
 
             model = create_model(os.fspath(model), device=device)
         rule = override_rule(model.config.decision, decision=decision, threshold=threshold, snap=snap,
                              refine_supports=refine_supports)
-        return cls(Predictor(model, device=device, decision=rule), **kwargs)
+        return cls(Predictor(model, device=device, decision=rule, precision=precision), **kwargs)
 
     @property
     def rule(self) -> DecisionRule:
@@ -224,8 +246,15 @@ class FewShotPipeline:
         return self._text(name)
 
     def forget_images(self) -> None:
-        """Drop the backbone taps held for images seen so far (e.g. between batches of queries)."""
+        """Drop the backbone taps held for images seen so far (e.g. once the supports are encoded)."""
         self.taps.clear()
+
+    def forget_image(self, pixels: np.ndarray) -> None:
+        """Drop everything held in memory for one image that will not be seen again (a finished query): its
+        taps and what the tag prior keeps of it, so memory stays flat over a long run."""
+        self.taps.forget(pixels)
+        if self._prior is not None:
+            self._prior.forget(pixels)
 
     def fit_prior(self, name: str, positives: Sequence[TaggedImage],
                   negatives: Sequence[np.ndarray] = ()) -> ClassPrior:

@@ -21,6 +21,7 @@ its argmax, as released).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from hhn.config import DecisionRule
-from hhn.device import select_device
+from hhn.device import inference_dtype, select_device
 from hhn.errors import UserError
 from hhn.kshot import vote_kshot
 from hhn.network import HHN, ClassEmbeddings
@@ -126,15 +127,27 @@ def _check_map(values: np.ndarray, size: tuple[int, int], what: str) -> np.ndarr
 class Predictor:
     """Runs an :class:`HHN` on numpy images. model: the network (moved to ``device``, eval mode).
     batch_pairs: (query, support) pairs per network call in :meth:`predict_batch`. decision: how
-    foreground is decided (default: the model config's rule)."""
+    foreground is decided (default: the model config's rule). precision: one of ``hhn.device_names.PRECISIONS``; the
+    backbone and the network run under ``torch.autocast`` at the dtype ``hhn.device.inference_dtype`` gives
+    (``auto``: float16 on CUDA, float32 elsewhere); taps are kept and logits returned as float32, so the
+    decision steps, the priors and the trim always work in float32."""
 
     def __init__(self, model: HHN, device: str | torch.device = "auto", batch_pairs: int = 4,
-                 decision: DecisionRule | None = None) -> None:
+                 decision: DecisionRule | None = None, precision: str = "auto") -> None:
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.decision = decision if decision is not None else model.config.decision
         self.batch_pairs = max(1, int(batch_pairs))
+        self.dtype = inference_dtype(precision, self.device)
+
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """No autograd, under autocast at :attr:`dtype` when it is not float32."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if self.dtype is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+        return stack
 
     # ------------------------------------------------------------------ encoding
     def _network_map(self, values: np.ndarray) -> torch.Tensor:
@@ -144,9 +157,10 @@ class Predictor:
     def encode_image(self, image: np.ndarray) -> EncodedImage:
         """uint8 (H, W, 3) RGB -> :class:`EncodedImage` (backbone taps + original size)."""
         _check_image(image, "image")
-        with torch.no_grad():
+        with self._compute():
             feats = self.model.extract_features(to_network_input(image, self.config.image_size).to(self.device))
-        return EncodedImage(tuple(feats), (int(image.shape[0]), int(image.shape[1])), self.config.name, image)
+        return EncodedImage(tuple(f.float() for f in feats), (int(image.shape[0]), int(image.shape[1])),
+                            self.config.name, image)
 
     def _encoded(self, item: np.ndarray | EncodedImage) -> EncodedImage:
         if isinstance(item, EncodedImage):
@@ -236,9 +250,9 @@ class Predictor:
                        for level in range(len(support.features))]
             s_feats = [f.repeat(n, 1, 1, 1) for f in support.features]
             q_prior = torch.cat([m.expand(shots, -1, -1) for m in maps])
-            with torch.no_grad():
+            with self._compute():
                 logits = self.model.forward_query(q_feats, s_feats, q_prior, support.text,
-                                                  support_weight=support.masks.repeat(n, 1, 1))
+                                                  support_weight=support.masks.repeat(n, 1, 1)).float()
             results += [QueryLogits(logits[i * shots:(i + 1) * shots], prior, encoded)
                         for i, (prior, encoded) in enumerate(zip(checked, chunk))]
         return results

@@ -34,12 +34,15 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-#: GrabCut iterations of :func:`snap_to_edges` (5 measured no better than 3 on development episodes).
-SNAP_ITERATIONS = 3
+#: GrabCut iterations of :func:`snap_to_edges`. 5 measured no better than 3 on development episodes; 2
+#: scored the acceptance episodes no lower than 3 at about half the cost (MODEL_CARD.md, section "Speed").
+SNAP_ITERATIONS = 2
 #: :func:`snap_to_edges` works on the image resized so its longer side is at most this (pixels); the
-#: result is resized back (nearest). Bounds the cost on large images (measured: 0.13 s at 320 x 213,
-#: 0.36 s at 512 x 512, 0.28 s at 2048 x 2048; MODEL_CARD.md).
-SNAP_MAX_SIDE = 512
+#: result is resized back (nearest). The snap was the largest single cost of ``wfss label`` (38 % of its
+#: CPU time at 512, where MSRC photos were snapped at full size). With 2 iterations, acceptance episodes
+#: (300, tags / masks, mIoU): 224 px 61.9 / 72.3 in 64 s for the speed benchmark's folder, 288 px 62.2 /
+#: 72.9 in 79 s; 512 px with 3 iterations 61.7 / 72.7 in 120 s.
+SNAP_MAX_SIDE = 224
 
 
 def own_appearance_keep(mask: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:

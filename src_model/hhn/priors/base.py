@@ -85,3 +85,7 @@ class TagPrior(ABC):
             positives: images tagged with the class (supports count too); masks, where given, are trusted.
             negatives: images whose tags do not include the class (no pixel of it).
         """
+
+    def forget(self, pixels: np.ndarray) -> None:  # noqa: B027 (a hook: most priors hold nothing per image)
+        """Drop what this prior keeps in memory about an image it will not see again (a query that is
+        done); what fitted classes learnt stays. Default: nothing is kept."""

@@ -155,6 +155,11 @@ class CosegPrior(TagPrior):
         neg = [self._example(as_tagged(n)) for n in negatives]
         return CosegClassPrior(class_name, self, pos, neg)
 
+    def forget(self, pixels: np.ndarray) -> None:
+        """Drop the image's taps when the descriptors come from a ``DenseFeatures`` (its memory cache)."""
+        if isinstance(self.features, DenseFeatures):
+            self.features.forget(pixels)
+
 
 class CosegClassPrior(ClassPrior):
     """The fitted co-segmentation prior of one class (see the module docstring)."""

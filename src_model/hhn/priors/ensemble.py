@@ -27,6 +27,10 @@ class MeanPrior(TagPrior):
             negatives: Sequence[TaggedImage | np.ndarray] = ()) -> ClassPrior:
         return MeanClassPrior(class_name, [m.fit(class_name, positives, negatives) for m in self.members])
 
+    def forget(self, pixels: np.ndarray) -> None:
+        for member in self.members:
+            member.forget(pixels)
+
 
 class MeanClassPrior(ClassPrior):
     """The fitted :class:`MeanPrior` of one class."""

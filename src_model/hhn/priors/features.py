@@ -19,6 +19,7 @@ Taps are cached per image in memory (float16, about 0.3 MB per image for Lite0 a
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,20 +35,31 @@ from hhn.preprocess import to_network_input
 
 class BoundedCache(OrderedDict):
     """A dict that keeps its ``max_items`` most recently used entries (memory flat in the number of
-    images a long run meets). ``get_or_make(key, make)`` returns the entry, making it on a miss."""
+    images a long run meets). ``get_or_make(key, make)`` returns the entry, making it on a miss; it may
+    be called from several threads (``make`` runs outside the lock, so two threads missing the same key
+    both make it, and the last one is kept)."""
 
     def __init__(self, max_items: int) -> None:
         super().__init__()
         self.max_items = max(1, int(max_items))
+        self._lock = threading.Lock()
 
     def get_or_make(self, key, make):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = self[key] = make()
-        while len(self) > self.max_items:
-            self.popitem(last=False)
+        with self._lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self._lock:
+            self[key] = value
+            while len(self) > self.max_items:
+                self.popitem(last=False)
         return value
+
+    def discard(self, key) -> None:
+        """Drop ``key``'s entry if there is one."""
+        with self._lock:
+            self.pop(key, None)
 
 
 def image_key(image: np.ndarray) -> str:
@@ -91,6 +103,7 @@ class DenseFeatures:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._model: torch.nn.Module | None = None
         self._memory = BoundedCache(memory_items)
+        self._build_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -103,8 +116,10 @@ class DenseFeatures:
             with np.load(path, allow_pickle=False) as z:
                 maps = [torch.from_numpy(z[f"t{i}"]) for i in range(len(self.taps))]
         else:
-            if self._model is None:
-                self._model = build_backbone(self.backbone, (self.size, self.size), self.pretrained).to(self.device)
+            with self._build_lock:  # one backbone, also when several threads ask at once
+                if self._model is None:
+                    self._model = build_backbone(self.backbone, (self.size, self.size),
+                                                 self.pretrained).to(self.device)
             with torch.no_grad():
                 out = self._model(to_network_input(image, (self.size, self.size)).to(self.device))
             maps = [out[i][0].float().cpu() for i in self.taps]
@@ -121,7 +136,14 @@ class DenseFeatures:
 
         ``weights``: one multiplier per tap (see ``descriptors_from_taps``); None = equal weights.
         """
-        origin = "imagenet" if self.pretrained else "random"
-        key = f"{image_key(image)}-{self.backbone}-{origin}-{self.size}"
+        key = self._key(image)
         taps = self._memory.get_or_make(key, lambda: [m.half() for m in self._tap_maps(image, key)])
         return descriptors_from_taps(taps, weights)
+
+    def _key(self, image: np.ndarray) -> str:
+        origin = "imagenet" if self.pretrained else "random"
+        return f"{image_key(image)}-{self.backbone}-{origin}-{self.size}"
+
+    def forget(self, image: np.ndarray) -> None:
+        """Drop the image's taps from memory (the on-disk cache keeps them)."""
+        self._memory.discard(self._key(image))
