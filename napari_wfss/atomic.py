@@ -6,8 +6,15 @@ flush and ``fsync`` it, ``os.replace`` it over the destination, then ``fsync`` t
 itself survives a power cut (best effort: not every platform can open a folder). If anything fails
 before the rename, the temporary file is removed and the destination is untouched.
 
+Files are created with mode ``0o666`` less the process's umask, as ``open`` creates them (``0o644``
+under the usual umask ``022``), so an exported dataset is readable by whoever may read its folder.
+
 Temporary files are named ``.<name>.<random>.wfss-tmp``; a process killed between creating one and
 renaming it leaves it behind, and :func:`remove_stale_temps` clears such leftovers.
+
+Paths read from files (an image key in project.json, a file named by an export record) choose where a
+writer writes or deletes; :func:`subfolders_leading_out` finds the folders among them that a symbolic
+link turns into a place outside their parent folder.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +46,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_temp(dest: Path) -> Path:
+    """Create a new empty temporary file beside ``dest`` (mode ``0o666`` less the umask) and return its path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))  # unlike tempfile.mkstemp (always 0o600), honours the umask
+        except FileExistsError:
+            continue  # 48 random bits taken: draw again
+        return tmp
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; on a clean exit it atomically replaces ``path``.
@@ -51,9 +70,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
         raise ValueError(f"atomic_open supports modes 'wb' and 'w', not {mode!r}")
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
-    os.close(fd)  # reopened by name: some writers (tifffile) need ``fh.name`` to be a path
-    tmp = Path(tmp_name)
+    tmp = _new_temp(dest)  # reopened by name below: some writers (tifffile) need ``fh.name`` to be a path
     try:
         kwargs: dict[str, Any] = {"encoding": encoding or "utf-8", "newline": ""} if mode == "w" else {}
         with open(tmp, mode, **kwargs) as fh:
@@ -131,3 +148,11 @@ def remove_stale_temps(folder: str | os.PathLike[str], older_than: float = 600.0
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def subfolders_leading_out(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """The existing sub-folders ``folder / name`` that are not where they seem: a symbolic link (on the
+    sub-folder itself) leads elsewhere, so files written into them would land outside ``folder``."""
+    root = Path(folder).resolve()
+    return [root / name for name in names
+            if os.path.lexists(root / name) and (root / name).resolve() != root / name]

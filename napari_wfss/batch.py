@@ -15,6 +15,12 @@ Every file is written atomically, so a run killed at any moment (even ``kill -9`
 batch in flight: the rerun of the same command skips the finished images ("N already done"), exports
 any proposal the killed run saved but had not exported yet, removes the killed run's temporary files
 and labels the rest. One run at a time writes an ``OUT``: a second one stops with a clear message.
+An ``OUT`` that holds an export but has lost its project file is refused (labelling again would
+overwrite exported masks that may hold accepted edits); the message names the project's backup.
+
+Images: the files of ``FOLDER`` with an image extension (``napari_wfss.images``); the summary counts
+and lists the other files (e.g. GIF), which are skipped. An image of more than ``--max-megapixels``
+is refused before it is decoded (memory grows with the pixel count), and reported like an unreadable one.
 
 Tags: ``TAGS.csv`` has ``image,class`` rows (see :meth:`Session.import_tags_csv`). Every row must
 apply: unknown or ambiguous images and malformed rows stop the run before any work, listing the
@@ -25,12 +31,15 @@ proposals would silently mix two tag sets): change tags with a new ``--out``.
 Exit status: 0 when every image is labelled or nothing is left to do; 0 also when some images could
 not be read (they are skipped with a warning, listed in the summary, and retried by a rerun) as long
 as at least one image was labelled; 1 when there were images to label and none could be; 2 for
-bad input (missing or empty folder, unreadable tags, unknown images, no usable model) with a message
-saying what to do; 130 when interrupted (rerun to resume).
+bad input (missing or empty folder, unreadable tags, unknown images, no usable model, a full disk) with
+a message saying what to do; 130 when interrupted (rerun to resume). Lists in messages and in the summary
+(rows, failed images, skipped files) show their first ``session_errors.MAX_LISTED`` lines and a count.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import sys
 import time
@@ -43,14 +52,17 @@ from hhn.errors import UserError
 from .atomic import remove_stale_temps
 from .engine import Engine, plan_run
 from .export import IMAGES_DIR, MASKS_DIR, RECORDS_DIR, TIFF_DIR, DatasetWriter
-from .images import ImageFolderError, list_images
+from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageFolderError, scan_folder
 from .options import ProposalOptions
+from .project_store import PROJECT_FILE, restore_hint
 from .session import ACCEPTED, EDITED, PROPOSED, Session, SessionError
+from .session_errors import capped
 
 PROJECT_DIRNAME = ".wfss-project"
 LOCK_NAME = ".wfss-label.lock"  #: held by the run writing OUT (released by the OS if the run is killed)
 INDEX_MIN_INTERVAL_S = 2.0  # rebuild the index files at most this often during a run ...
 INDEX_MAX_SHARE = 0.1  # ... and so that rebuilding takes at most about this share of the run
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # errors that say: free some space
 
 
 class BatchError(UserError):
@@ -63,6 +75,7 @@ class LabelSummary:
 
     ``labelled``: images proposed and exported by this run; ``already_done``: images finished by an
     earlier run (skipped); ``failed``: ``(image, reason)`` for images that could not be labelled;
+    ``skipped_files``: files of the folder that are not images (relative paths);
     ``compute_seconds``: model time summed over the labelled images; ``total_seconds``: the whole
     run including model loading, supports and export.
     """
@@ -73,6 +86,7 @@ class LabelSummary:
     labelled: list[str] = field(default_factory=list)
     already_done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     compute_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -89,8 +103,11 @@ class LabelSummary:
         if n:
             lines.append(f"time: {self.total_seconds / n:.2f} s/image overall, {self.compute_seconds / n:.2f} s/image "
                          f"model compute ({self.total_seconds:.1f} s in all, including model loading and supports)")
-        lines += [f"failed: {image}: {reason}" for image, reason in self.failed]
-        lines += [f"warning: {w}" for w in self.warnings]
+        lines += capped([f"failed: {image}: {reason}" for image, reason in self.failed])
+        if self.skipped_files:
+            lines.append(f"skipped {len(self.skipped_files)} file(s) that are not images "
+                         f"({' '.join(IMAGE_EXTENSIONS)}): " + ", ".join(capped(self.skipped_files)))
+        lines += capped([f"warning: {w}" for w in self.warnings])
         if self.untrained:
             lines.append(f"NOTE: model {self.model} has UNTRAINED heads; its proposals are not meaningful "
                          "(use --model default or a trained checkpoint)")
@@ -99,9 +116,15 @@ class LabelSummary:
 
 
 def _open_project(folder: Path, out: Path) -> Session:
-    """The session kept in ``OUT/.wfss-project`` for ``folder`` (created on the first run)."""
+    """The session kept in ``OUT/.wfss-project`` for ``folder`` (created on the first run; refused when
+    ``OUT`` holds an export whose project was lost)."""
     project = out / PROJECT_DIRNAME
-    if not (project / "project.json").exists():
+    if not (project / PROJECT_FILE).exists():
+        exported = len(list((out / RECORDS_DIR).glob("*.json")))
+        if exported:
+            raise BatchError(f"project file missing but {out} holds an export of {exported} image(s): "
+                             f"{project / PROJECT_FILE}; labelling again would overwrite the exported masks (they "
+                             f"may hold accepted edits): {restore_hint(project)}, or give a new --out")
         return Session.create(folder, project)
     try:
         session = Session.open(project)
@@ -128,7 +151,7 @@ def _apply_tags(session: Session, tags_csv: Path) -> None:
     report = session.import_tags_csv(tags_csv)
     if not report.ok:
         raise BatchError(f"{len(report.problems)} row(s) of {tags_csv} cannot be applied; fix them and rerun "
-                         "(nothing was labelled):\n  " + "\n  ".join(report.problems))
+                         "(nothing was labelled):\n  " + "\n  ".join(capped(report.problems)))
     after = _tag_snapshot(session)
     if not any(after.values()):
         raise BatchError(f"{tags_csv} tags no image; give 'image,class' rows (e.g. 'cat_01.jpg,cat')")
@@ -145,16 +168,23 @@ def _apply_tags(session: Session, tags_csv: Path) -> None:
             session.remove_class(name)
 
 
-def _check_inputs(folder: Path, tags_csv: Path, out: Path) -> None:
+def _check_inputs(folder: Path, tags_csv: Path, out: Path) -> list[str]:
+    """Refuse bad input before any work; return the files of ``folder`` that are not images (relative)."""
     if not folder.is_dir():
         raise BatchError(f"image folder not found: {folder}")
-    if not list_images(folder):
-        raise ImageFolderError(f"no images in {folder} (sub-folders are not searched); give a folder of "
-                               "image files (png, jpg, tif, bmp, ...)")
+    scan = scan_folder(folder)
+    skipped = [p.relative_to(folder).as_posix() for p in scan.skipped]
+    if not scan.images:
+        other = f"; its {len(skipped)} file(s) are of other types: {', '.join(capped(skipped))}" if skipped else ""
+        raise ImageFolderError(f"no images in {folder} (sub-folders are not searched){other}; give a folder of "
+                               f"image files ({' '.join(IMAGE_EXTENSIONS)})")
     if not tags_csv.is_file():
         raise BatchError(f"tags file not found: {tags_csv}; give a CSV with 'image,class' rows")
     if out == folder:
         raise BatchError("--out must not be the image folder itself; give a new or an earlier output folder")
+    if out.exists() and not out.is_dir():
+        raise BatchError(f"--out is a file, not a folder: {out}; give a new or an earlier output folder")
+    return skipped
 
 
 class _IndexPacer:
@@ -186,13 +216,15 @@ def label_folder(
     tiff: bool = False,
     log: TextIO | None = None,
     progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> LabelSummary:
     """Label every untagged image of ``folder`` from the tags in ``tags_csv`` into ``out`` (module doc).
 
-    ``engine`` proposes; ``log`` receives the status lines and the progress bar (default stderr).
-    Raises a :class:`~hhn.errors.UserError` subclass for bad input, before labelling anything, and
+    ``engine`` proposes; ``log`` receives the status lines and the progress bar (default stderr);
+    images of more than ``max_pixels`` pixels are refused before decoding (reported as failed).
+    Raises a :class:`~hhn.errors.UserError` subclass for bad input, before labelling anything,
     :class:`BatchError` when another run is writing ``out`` (a lock file there; the operating system
-    releases it when a run ends, also when it is killed).
+    releases it when a run ends, also when it is killed), and :class:`BatchError` when the disk is full.
     """
     from filelock import FileLock, Timeout
 
@@ -201,19 +233,32 @@ def label_folder(
     folder = Path(folder).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     tags_csv = Path(tags_csv).expanduser()
-    _check_inputs(folder, tags_csv, out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / LOCK_NAME)
+    skipped = _check_inputs(folder, tags_csv, out)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BatchError(f"another `wfss label` run is writing {out} (it holds {out / LOCK_NAME}); wait for it "
-                         "to finish, or give another --out") from None
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BatchError(f"cannot create the output folder ({exc.strerror}): {out}; give a folder you can write "
+                         "to") from exc
     try:
-        with _open_project(folder, out) as session:
-            return _label_locked(session, tags_csv, out, engine, tiff, log, progress, started)
-    finally:
-        lock.release()
+        lock = FileLock(out / LOCK_NAME)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise BatchError(f"another `wfss label` run is writing {out} (it holds {out / LOCK_NAME}); wait for "
+                             "it to finish, or give another --out") from None
+        try:
+            with _open_project(folder, out) as session:
+                session.max_pixels = max_pixels
+                summary = _label_locked(session, tags_csv, out, engine, tiff, log, progress, started)
+        finally:
+            lock.release()
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise BatchError(f"disk full ({exc.strerror}) while writing {exc.filename or out}; free some space, then "
+                         "rerun the same command to resume (the images labelled so far are kept)") from exc
+    summary.skipped_files = skipped
+    return summary
 
 
 def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, tiff: bool, log: TextIO,
@@ -265,7 +310,10 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, t
 
 def run_label_cli(args) -> int:
     """``wfss label``: build the engine from the flags, label, print the summary; returns the exit status."""
+    if not (math.isfinite(args.max_megapixels) and args.max_megapixels > 0):
+        raise BatchError(f"--max-megapixels must be a number above 0, got {args.max_megapixels}")
     engine = Engine.from_options(ProposalOptions.from_args(args))
-    summary = label_folder(args.folder, args.tags, args.out, engine, tiff=args.tiff)
+    summary = label_folder(args.folder, args.tags, args.out, engine, tiff=args.tiff,
+                           max_pixels=round(args.max_megapixels * 1e6))
     print(summary.text())
     return summary.exit_code

@@ -16,6 +16,7 @@ from hhn.errors import UserError
 from hhn.priors.catalog import TAG_PRIORS
 from hhn.training.recipes import RECIPES
 
+from .images import MAX_MEGAPIXELS
 from .options import ProposalOptions, add_device_argument
 
 
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (project state + export); rerun to resume")
     ProposalOptions.add_arguments(p)
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
+    p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+                   help="refuse larger images before decoding them (memory grows with the pixel count; "
+                        f"raise it only with the memory for it) (default: {MAX_MEGAPIXELS:g})")
     p.set_defaults(run="napari_wfss.batch:run_label_cli")
 
     p = sub.add_parser("train", help="train HHN heads on episodes (paper or our recipe)",

@@ -18,6 +18,13 @@ Layout of ``OUT`` (the generic folder layout of ``../shared/data/msrc_v2``)::
 ``<key>`` is the session's image key, so an image and its mask share a stem. Ignore (255) pixels are
 not part of any COCO annotation.
 
+The records decide which files an export later replaces or deletes, so a record is trusted only if it
+names this layout's files: its key is a safe image key (``project_store.check_key``), it is stored as
+``<key>.json``, and each of its files is ``""`` or ``<folder>/<key>.<ext>`` in that file's folder above.
+An export folder whose record breaks this, or whose ``images/``, ``masks/``, ``masks_tiff/`` or
+``.wfss-export/`` is a symbolic link leading elsewhere, is refused (:class:`ExportError`) before
+anything is written or deleted.
+
 Incremental use (the streaming batch CLI): :class:`DatasetWriter` writes one image at a time with
 :meth:`DatasetWriter.write_image` and rebuilds the index files from all records with
 :meth:`DatasetWriter.write_indexes`; the files are the same as those of a full
@@ -32,6 +39,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,9 +48,19 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .atomic import atomic_copy, atomic_link_or_copy, atomic_open, atomic_write_json, atomic_write_text
+from hhn.errors import UserError
+
+from .atomic import (
+    atomic_copy,
+    atomic_link_or_copy,
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    subfolders_leading_out,
+)
 from .classes import BACKGROUND_ID, IGNORE_ID, ClassTable
 from .images import natural_key, read_image, write_label_png, write_label_tiff
+from .project_store import check_key
 from .session import ACCEPTED, EDITED, PROPOSED, SessionError
 
 if TYPE_CHECKING:
@@ -52,6 +70,7 @@ DEFAULT_EXPORT_STATUSES = (ACCEPTED, EDITED, PROPOSED)
 IMAGE_MODES = ("copy", "link", "none")
 IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR = "images", "masks", "masks_tiff", ".wfss-export"
 RECORD_VERSION = 1
+_FILE_FOLDERS = {"mask": MASKS_DIR, "image": IMAGES_DIR, "tiff": TIFF_DIR}  # a record's files: where each lives
 _COPY_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST_FIELDS = (
     "key", "source", "source_path", "status", "tags", "classes", "model", "proposal_time", "mask_time",
@@ -111,6 +130,31 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+class ExportError(UserError):
+    """An export folder that cannot be trusted: a record naming files outside the layout, or a folder of the
+    layout that is a link leading elsewhere. The message names the file and what to do."""
+
+
+def _check_record(rec: dict, file: Path) -> None:
+    """Raise :class:`ExportError` unless the record ``rec``, read from ``file``, names only this layout's
+    files (module doc)."""
+    try:
+        key = check_key(rec.get("key"))
+        if file.name != f"{key}.json":
+            raise ValueError(f"key {key!r} does not match the record's file name")
+        files = rec.get("files")
+        if not isinstance(files, dict) or set(files) != set(_FILE_FOLDERS):
+            raise ValueError(f"'files' must name exactly {', '.join(_FILE_FOLDERS)}")
+        for kind, rel in files.items():
+            pattern = rf"{re.escape(_FILE_FOLDERS[kind])}/{re.escape(key)}\.[A-Za-z0-9]+"
+            if rel != "" and not (isinstance(rel, str) and re.fullmatch(pattern, rel)):
+                raise ValueError(f"its {kind} file {rel!r} is not {_FILE_FOLDERS[kind]}/{key}.<ext>")
+    except ValueError as exc:
+        raise ExportError(f"export record names files outside the export's layout ({exc}): {file}; delete "
+                          "that record file (the image is exported again), and check what else the folder holds"
+                          ) from exc
+
+
 @dataclass
 class ExportSummary:
     """What an export did: keys written, skipped as unchanged, and removed as no longer exported."""
@@ -152,13 +196,20 @@ class DatasetWriter:
         self.out_dir = Path(out_dir).expanduser().resolve()
         self.tiff, self.tiff_dtype, self.images = tiff, tiff_dtype, images
         self._records: dict[str, dict] = {}
+        leading_out = subfolders_leading_out(self.out_dir, (IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR))
+        if leading_out:
+            raise ExportError(f"export folder is a link to {leading_out[0].resolve()}, outside the export: "
+                              f"{leading_out[0]}; replace the link by a real folder, or export elsewhere")
         records = self.out_dir / RECORDS_DIR
         if records.is_dir():
             for f in records.glob("*.json"):
-                with contextlib.suppress(OSError, ValueError):
+                try:
                     rec = json.loads(f.read_text(encoding="utf-8"))
-                    if rec.get("version") == RECORD_VERSION:
-                        self._records[rec["key"]] = rec
+                except (OSError, ValueError):
+                    continue  # half a record (an old kill): the image is exported again
+                if isinstance(rec, dict) and rec.get("version") == RECORD_VERSION:
+                    _check_record(rec, f)
+                    self._records[rec["key"]] = rec
 
     @property
     def keys(self) -> list[str]:
@@ -241,7 +292,7 @@ class DatasetWriter:
         else:
             rel = f"{IMAGES_DIR}/{key}.png"
             with atomic_open(self.out_dir / rel, "wb") as fh:
-                Image.fromarray(read_image(src)).save(fh, format="PNG")
+                Image.fromarray(read_image(src, self.session.max_pixels)).save(fh, format="PNG")
         return rel
 
     def _remove_stale_images(self, key: str, keep: str) -> None:

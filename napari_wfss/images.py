@@ -2,7 +2,11 @@
 
 Reading rules (one place, so the engine, the widget and the export see the same pixels):
 
-- Formats: PNG, JPEG, TIFF, BMP, WebP (:data:`IMAGE_EXTENSIONS`, case-insensitive).
+- Formats: PNG, JPEG, TIFF, BMP, WebP (:data:`IMAGE_EXTENSIONS`, case-insensitive). Other files of a
+  folder (GIF, text, ...) are not images of it; :func:`scan_folder` lists them so callers can say so.
+- Size: an image of more than ``max_pixels`` (default :data:`MAX_PIXELS`) is refused from its header,
+  before its pixels are decoded (:class:`ImageTooLargeError`), so memory stays bounded whatever the file
+  says; the limit can be raised where the memory is there (``wfss label --max-megapixels``).
 - EXIF orientation is applied (``ImageOps.exif_transpose``; the TIFF ``Orientation`` tag for TIFF),
   so arrays are upright as a viewer shows them.
 - Grey images are repeated to three channels; palette images are expanded to their colours.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,8 @@ from hhn.errors import UserError
 from .atomic import atomic_open
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+MAX_MEGAPIXELS = 64.0  #: the default largest image read, in millions of pixels (an 8000 x 8000 image)
+MAX_PIXELS = int(MAX_MEGAPIXELS * 1e6)  #: the same in pixels: the default ``max_pixels`` of :func:`read_image`
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
 _PERCENTILE_SAMPLE = 1_000_000  # values used to estimate the percentiles of a large image
@@ -45,6 +52,10 @@ _TIFF_ORIENTATION_TAG = 274
 
 class ImageReadError(UserError):
     """An image file is missing, corrupt or in a form we cannot decode; the message names the file."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the reader's limit; refused before its pixels are decoded."""
 
 
 class ImageFolderError(UserError):
@@ -66,22 +77,43 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
-    """Image files of ``folder`` (``folder / relative path``), in natural order of their relative paths.
+@dataclass(frozen=True)
+class FolderScan:
+    """The files of an image folder (``folder / relative path``, in natural order of the relative paths):
+    ``images`` have one of :data:`IMAGE_EXTENSIONS`; ``skipped`` are the other files (GIF, text, ...)."""
 
-    Files and folders whose name starts with ``"."`` are skipped (this hides the ``.wfss`` project
-    folder and editor/OS litter). With ``recursive=True`` sub-folders are searched too (symlinked
+    images: list[Path]
+    skipped: list[Path]
+
+
+def scan_folder(folder: str | os.PathLike[str], recursive: bool = False) -> FolderScan:
+    """The image files of ``folder`` and the other files it holds (see :class:`FolderScan`).
+
+    Files and folders whose name starts with ``"."`` are left out of both (this hides the ``.wfss``
+    project folder and editor/OS litter). With ``recursive=True`` sub-folders are searched too (symlinked
     folders are not followed).
     """
     root = Path(folder)
     if not root.is_dir():
         raise ImageFolderError(f"image folder not found: {root} (give an existing folder of images)")
-    found: list[Path] = []
+    images: list[Path] = []
+    skipped: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
         here = Path(dirpath)
-        found.extend(here / f for f in filenames if not f.startswith(".") and is_image_file(f))
-    return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
+        for name in filenames:
+            if not name.startswith("."):
+                (images if is_image_file(name) else skipped).append(here / name)
+
+    def order(p: Path) -> tuple:
+        return natural_key(p.relative_to(root).as_posix())
+
+    return FolderScan(sorted(images, key=order), sorted(skipped, key=order))
+
+
+def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """The image files of ``folder`` (:attr:`FolderScan.images` of :func:`scan_folder`)."""
+    return scan_folder(folder, recursive).images
 
 
 def file_sha1(path: str | os.PathLike[str]) -> str:
@@ -167,8 +199,20 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     return _samples_to_rgb(np.array(im))  # a writable copy (np.asarray of a Pillow image is read-only)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _refuse_large(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Raise :class:`ImageTooLargeError` if ``width x height`` is more than ``max_pixels``."""
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image too large ({width} x {height} = {width * height / 1e6:.1f} megapixels, the limit is "
+            f"{max_pixels / 1e6:g}): {path}; shrink it, or raise the limit (wfss label --max-megapixels) "
+            "if the computer has the memory (it grows with the pixel count)"
+        )
+
+
+def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     with Image.open(path) as im:
+        width, height = im.size
+        _refuse_large(path, width, height, max_pixels)
         im.load()
         return _pil_to_rgb(ImageOps.exif_transpose(im))
 
@@ -193,11 +237,13 @@ def _tiff_orientation(page) -> int:
     return int(tag.value) if tag is not None else 1
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        dims = dict(zip(page.axes, page.shape))
+        _refuse_large(path, dims.get("X", 1), dims.get("Y", 1), max_pixels)
         photometric = int(page.photometric)
         if photometric not in (0, 1, 2, 3):  # MINISWHITE, MINISBLACK, RGB, PALETTE; others -> Pillow
             raise ValueError(f"TIFF photometric {page.photometric!r} is left to Pillow")
@@ -225,11 +271,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     return _samples_to_rgb(_orient(data, orientation))
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as an upright ``(H, W, 3)`` ``uint8`` RGB array (rules in the module doc).
 
     Raises :class:`ImageReadError` (a ``UserError``) naming the file and the reason when the file is
-    missing, truncated, corrupt or undecodable.
+    missing, truncated, corrupt or undecodable, and :class:`ImageTooLargeError` (one) before decoding
+    an image of more than ``max_pixels`` pixels (or more than Pillow's own limit, for files Pillow reads).
     """
     p = Path(path)
     if not p.is_file():
@@ -237,11 +284,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     tiff_reason = None
     if p.suffix.lower() in (".tif", ".tiff"):
         try:
-            return _read_tiff(p)
+            return _read_tiff(p, max_pixels)
+        except ImageTooLargeError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any decoder failure falls back to Pillow below
             tiff_reason = f"{type(exc).__name__}: {exc}"
     try:
-        return _read_pillow(p)
+        return _read_pillow(p, max_pixels)
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image too large ({exc}): {p}; shrink it") from exc
     except Exception as exc:  # noqa: BLE001 - corrupt files raise anything; report it as a UserError
         reason = f"{type(exc).__name__}: {exc}"
         if tiff_reason:

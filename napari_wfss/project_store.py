@@ -3,6 +3,7 @@
 Project folder (default ``<image folder>/.wfss``)::
 
     project.json            format/version, image folder, classes, one record per image
+    project.json.bak        the previous version of project.json (kept by every save but the first)
     .project.lock           the writer lock (see :func:`acquire_writer_lock`)
     proposals/<key>.png     the model's label map (palette PNG of class ids)
     masks/<key>.png         the user's label map: edited, then accepted (palette PNG of class ids)
@@ -11,10 +12,17 @@ Project folder (default ``<image folder>/.wfss``)::
 ``sub__a``); a clash (``a.png`` beside ``a.jpg``) gets the extension appended (``a_jpg``), then a
 number. Keys are assigned once and stored, so they never change for an image.
 
+What project.json says is checked before it is used, so a crafted or damaged project cannot make a
+session read or write outside its folders: a key is a plain file name (no ``/``, ``\\``, ``:``, no
+leading ``.``, so no ``..`` and no absolute path), no two images share a key, an image path is relative
+with no ``..`` part, and ``proposals/`` and ``masks/`` must not be symbolic links leading elsewhere.
+
 ``project.json`` is UTF-8 JSON: the top-level fields indented, then one compact line per image record
 (``path``, ``key``, ``status``, ``tags`` as class names, ``proposal``, ``mask``, ``accepted``,
 ``rejected``). Times are ISO 8601 UTC strings to the second. Every file is written atomically
-(:mod:`napari_wfss.atomic`).
+(:mod:`napari_wfss.atomic`). Each save first keeps the file it replaces as ``project.json.bak``, so a
+project.json damaged outside napari-wfss (a full disk, a sync tool, an editor) can be restored; the error
+that reports a damaged project.json names the backup.
 
 One writer per project: a session that may write holds ``.project.lock`` (an operating-system file
 lock, released on close or when the process ends, even if it is killed).
@@ -30,9 +38,9 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
-from .atomic import atomic_write_text, remove_stale_temps
+from .atomic import atomic_link_or_copy, atomic_write_text, remove_stale_temps, subfolders_leading_out
 from .classes import ClassTable, ClassTableError
 from .session_errors import ProjectInUseError, SessionError
 from .statuses import ImageState
@@ -40,6 +48,7 @@ from .statuses import ImageState
 FORMAT_NAME = "napari-wfss-project"
 FORMAT_VERSION = 1
 PROJECT_FILE = "project.json"
+PROJECT_BACKUP = "project.json.bak"
 PROJECT_LOCK = ".project.lock"
 DEFAULT_PROJECT_DIRNAME = ".wfss"
 PROPOSALS_DIR = "proposals"
@@ -110,16 +119,60 @@ def new_key(rel: str, taken: Iterable[str]) -> str:
     return next(k for k in _key_candidates(rel) if k.casefold() not in folded)
 
 
+def check_key(key: object) -> str:
+    """``key`` if it is a safe image key: a non-empty plain file name without the characters keys never
+    hold (``\\ / : * ? " < > |``, control characters) and not starting with ``.`` (so not ``..``);
+    ``ValueError`` naming the problem otherwise."""
+    if not isinstance(key, str) or not key or key.startswith(".") or _UNSAFE_KEY_CHARS.search(key):
+        raise ValueError(f"key {key!r} is not a plain file name (no '/', '\\', ':', '..' or leading '.')")
+    return key
+
+
+def check_image_path(path: object) -> str:
+    """``path`` if it is a relative image path that stays in the image folder on this system (no root, no
+    drive, no ``..`` part, as this system's paths read it); ``ValueError`` naming the problem otherwise."""
+    if not isinstance(path, str) or not path or PurePath(path).anchor or ".." in PurePath(path).parts:
+        raise ValueError(f"image path {path!r} is not a relative path inside the image folder")
+    return path
+
+
 def label_file(project: Path, kind: str, key: str) -> Path:
-    """The label-map PNG of ``kind`` (:data:`PROPOSALS_DIR` or :data:`MASKS_DIR`) for the image ``key``."""
+    """The label-map PNG of ``kind`` (:data:`PROPOSALS_DIR` or :data:`MASKS_DIR`) for the image ``key``
+    (a key checked by :func:`check_key` or made by :func:`new_key`)."""
     return project / kind / f"{key}.png"
 
 
-def remove_project_temps(project: Path) -> None:
-    """Delete the temporary files a killed writer left in the project folder and its label-map folders."""
+def check_label_folders(project: Path) -> None:
+    """Raise :class:`SessionError` if ``proposals/`` or ``masks/`` of ``project`` is a symbolic link leading
+    elsewhere (label maps written there would land outside the project)."""
+    leading_out = subfolders_leading_out(project, (PROPOSALS_DIR, MASKS_DIR))
+    if leading_out:
+        raise SessionError(f"label-map folder is a link to {leading_out[0].resolve()}, outside the project: "
+                           f"{leading_out[0]}; replace the link by a real folder")
+
+
+def remove_project_temps(project: Path, older_than: float) -> None:
+    """Delete the temporary files a killed writer left in the project folder and its label-map folders,
+    if last modified more than ``older_than`` seconds ago (0 when no other writer can be alive)."""
     for d in (project, project / PROPOSALS_DIR, project / MASKS_DIR):
         if d.is_dir():
-            remove_stale_temps(d)
+            remove_stale_temps(d, older_than=older_than)
+
+
+def earlier_project_files(project: Path) -> list[Path]:
+    """What an earlier project left in ``project`` when its project.json is gone: the backup, and the
+    label-map folders if they hold files. A new project there would overwrite those label maps."""
+    found = [project / PROJECT_BACKUP] if (project / PROJECT_BACKUP).is_file() else []
+    return found + [d for d in (project / PROPOSALS_DIR, project / MASKS_DIR) if d.is_dir() and any(d.iterdir())]
+
+
+def restore_hint(project: Path) -> str:
+    """How to get the project back after its project.json was lost or damaged (names the backup if any)."""
+    path, backup = project / PROJECT_FILE, project / PROJECT_BACKUP
+    if backup.is_file():
+        return (f"its previous version is kept in {backup}: copy that file to {path} to restore the project "
+                "as it was one save earlier")
+    return f"there is no backup ({backup} is kept from a project's second save on)"
 
 
 # ---------------------------------------------------------------------- project.json
@@ -156,9 +209,10 @@ def read_project(project: Path, image_folder: str | os.PathLike[str] | None) -> 
     except FileNotFoundError as exc:
         raise _no_project(project) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SessionError(f"cannot read {path}: {exc}") from exc
+        raise SessionError(f"cannot read the project file, it is damaged ({exc}): {path}; {restore_hint(project)}"
+                           ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise SessionError(f"{path} is not a napari-wfss project file")
+        raise SessionError(f"not a napari-wfss project file: {path}; {restore_hint(project)}")
     version = data.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SessionError(
@@ -189,8 +243,9 @@ def _locate_image_folder(project: Path, data: dict, override: str | os.PathLike[
 
 def state_from_record(rec: Mapping) -> tuple[ImageState, list]:
     """An image record of project.json as an :class:`ImageState` without tags, and its tag names.
-    A malformed record raises ``KeyError``, ``TypeError`` or ``AttributeError``."""
-    state = ImageState(str(rec["path"]), str(rec["key"]))
+    A malformed record raises ``KeyError``, ``TypeError`` or ``AttributeError``; an unsafe key or image
+    path (:func:`check_key`, :func:`check_image_path`) raises ``ValueError``."""
+    state = ImageState(check_image_path(rec["path"]), check_key(rec["key"]))
     tags = rec.get("tags", [])
     state.proposal = rec.get("proposal")
     state.mask = rec.get("mask")
@@ -221,7 +276,8 @@ def _dumps(data: dict) -> str:
 
 def write_project(project: Path, image_folder: Path, recursive: bool, classes: ClassTable,
                   states: Iterable[ImageState]) -> None:
-    """Atomically write ``project/project.json`` for these images (in this order)."""
+    """Atomically write ``project/project.json`` for these images (in this order), after keeping the file
+    it replaces as ``project.json.bak`` (a hard link where possible: no copy)."""
     try:
         rel_folder = os.path.relpath(image_folder, project)
     except ValueError:  # another drive on Windows
@@ -237,4 +293,7 @@ def write_project(project: Path, image_folder: Path, recursive: bool, classes: C
         "classes": classes.to_records(),
         "images": [_record(s, [names[i] for i in sorted(s.tags)]) for s in states],
     }
-    atomic_write_text(project / PROJECT_FILE, _dumps(data))
+    text = _dumps(data)
+    if (project / PROJECT_FILE).is_file():
+        atomic_link_or_copy(project / PROJECT_FILE, project / PROJECT_BACKUP)
+    atomic_write_text(project / PROJECT_FILE, text)

@@ -35,6 +35,7 @@ from . import tag_csv
 from .classes import BACKGROUND_ID, IGNORE_ID, ClassInfo, ClassTable
 from .images import (
     IMAGE_EXTENSIONS,
+    MAX_PIXELS,
     ImageFolderError,
     LabelMapError,
     as_label_map,
@@ -52,11 +53,14 @@ from .project_store import (
     PROPOSALS_DIR,
     Unlocked,
     acquire_writer_lock,
+    check_label_folders,
+    earlier_project_files,
     find_project,
     label_file,
     new_key,
     read_project,
     remove_project_temps,
+    restore_hint,
     state_from_record,
     utc_now,
     write_project,
@@ -108,6 +112,7 @@ class Session:
         self._dirty = False
         self.autosave = True
         self.warnings: list[str] = []
+        self.max_pixels = MAX_PIXELS  #: :meth:`read_image` refuses larger images (before decoding them)
 
     # ================================================================== construction
     @staticmethod
@@ -117,8 +122,16 @@ class Session:
 
     @staticmethod
     def _refuse_existing(project: Path) -> None:
+        """Refuse to create a project where one exists, or where a lost one left label maps or a backup."""
         if (project / PROJECT_FILE).exists():
             raise SessionError(f"a project already exists in {project}; open it instead (resume)")
+        left = earlier_project_files(project)
+        if left:
+            raise SessionError(
+                f"{project / PROJECT_FILE} is missing but an earlier project left {', '.join(p.name for p in left)} "
+                f"in {project}: a new project would overwrite its label maps; {restore_hint(project)}, or move "
+                f"{project} away to start over"
+            )
 
     @classmethod
     def create(
@@ -149,6 +162,8 @@ class Session:
         session._hold(acquire_writer_lock(project))
         try:
             cls._refuse_existing(project)  # another process created it meanwhile
+            check_label_folders(project)
+            session._remove_temps()
             session.save()
         except BaseException:
             session.close()
@@ -173,10 +188,11 @@ class Session:
         writer = None if read_only else acquire_writer_lock(project)  # before reading: no stale snapshot
         try:
             stored = read_project(project, image_folder)
+            check_label_folders(project)
             session = cls(stored.image_folder, project, stored.classes, stored.recursive)
             if writer is not None:
                 session._hold(writer)
-                remove_project_temps(project)
+                session._remove_temps()
             return session._load(stored.images)
         except BaseException:
             if writer is not None:
@@ -190,14 +206,33 @@ class Session:
             try:
                 for rec in records:
                     self._load_entry(rec)
+            except ValueError as exc:  # an unsafe key or image path (project_store.state_from_record)
+                raise SessionError(f"unsafe image record ({exc}): {self._project_dir / PROJECT_FILE}; "
+                                   "fix or remove that record") from exc
             except (KeyError, TypeError, AttributeError) as exc:
-                raise SessionError(f"{self._project_dir / PROJECT_FILE}: malformed image record "
-                                   f"({type(exc).__name__}: {exc})") from exc
+                raise SessionError(f"malformed image record ({type(exc).__name__}: {exc}): "
+                                   f"{self._project_dir / PROJECT_FILE}; fix or remove that record") from exc
+            self._refuse_shared_keys()
             self.rescan()
             self.autosave = True
             if self._dirty and self.writable:
                 self.save()
         return self
+
+    def _refuse_shared_keys(self) -> None:
+        """Raise :class:`SessionError` if two images of project.json have the same key (case-folded): one's
+        label maps would overwrite the other's."""
+        seen: dict[str, str] = {}
+        for rel, entry in self._entries.items():
+            other = seen.setdefault(entry.key.casefold(), rel)
+            if other != rel:
+                raise SessionError(f"images {other!r} and {rel!r} share the key {entry.key!r}: "
+                                   f"{self._project_dir / PROJECT_FILE}; give one of them another key")
+
+    def _remove_temps(self) -> None:
+        """Delete the temporary files a killed writer left in the project. Holding the writer lock, no other
+        writer is alive, so all of them go; where the file system cannot lock, only those older than 10 min."""
+        remove_project_temps(self._project_dir, older_than=600.0 if isinstance(self._writer, Unlocked) else 0.0)
 
     def _hold(self, writer) -> None:
         """Keep the writer lock from :func:`~napari_wfss.project_store.acquire_writer_lock` (and say so
@@ -392,8 +427,9 @@ class Session:
             return self._entry(image).key
 
     def read_image(self, image: str | os.PathLike[str]) -> np.ndarray:
-        """The image as ``(H, W, 3)`` ``uint8`` RGB (see :func:`napari_wfss.images.read_image`)."""
-        return read_image(self.image_path(image))
+        """The image as ``(H, W, 3)`` ``uint8`` RGB (see :func:`napari_wfss.images.read_image`); an image of
+        more than :attr:`max_pixels` pixels raises :class:`~napari_wfss.images.ImageTooLargeError`."""
+        return read_image(self.image_path(image), self.max_pixels)
 
     def status(self, image: str | os.PathLike[str]) -> str:
         """One of :data:`STATUSES`."""

@@ -1,9 +1,21 @@
 """Errors of the annotation session, shared by :mod:`~napari_wfss.session` and the modules it composes
-(:mod:`~napari_wfss.project_store`, :mod:`~napari_wfss.statuses`, :mod:`~napari_wfss.tag_csv`)."""
+(:mod:`~napari_wfss.project_store`, :mod:`~napari_wfss.statuses`, :mod:`~napari_wfss.tag_csv`), and
+:func:`capped`, which keeps a message that lists problems (rows, images) short."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hhn.errors import UserError
+
+MAX_LISTED = 20  #: the most lines a message lists before "... and N more"
+
+
+def capped(lines: Sequence[str], limit: int = MAX_LISTED) -> list[str]:
+    """``lines`` if there are at most ``limit`` of them, else the first ``limit`` and ``"... and N more"``."""
+    if len(lines) <= limit:
+        return list(lines)
+    return [*lines[:limit], f"... and {len(lines) - limit} more"]
 
 
 class SessionError(UserError):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import atomic_open
 from .classes import ClassTableError
-from .session_errors import SessionError, UnknownImageError
+from .session_errors import SessionError, UnknownImageError, capped
 
 if TYPE_CHECKING:
     from .session import Session
@@ -50,12 +50,12 @@ class TagImportReport:
         return out
 
     def summary(self) -> str:
-        """A one-paragraph account for logs and the CLI."""
+        """A one-paragraph account for logs and the CLI (the skipped rows capped by ``session_errors.capped``)."""
         text = f"{self.tags_added} tag(s) on {len(self.images_tagged)} image(s) from {self.path}"
         if self.new_classes:
             text += f"; new classes: {', '.join(self.new_classes)}"
         if not self.ok:
-            text += f"; {len(self.problems)} row(s) skipped:\n  " + "\n  ".join(self.problems)
+            text += f"; {len(self.problems)} row(s) skipped:\n  " + "\n  ".join(capped(self.problems))
         return text
 
 

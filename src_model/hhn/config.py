@@ -224,9 +224,12 @@ class HHNConfig:
         if self.benchmark is not None and self.benchmark not in SUPPORTED_BENCHMARKS:
             raise UserError(f"config {self.name!r}: unknown benchmark {self.benchmark!r}; "
                             f"use one of {', '.join(SUPPORTED_BENCHMARKS)} or null")
-        size = tuple(int(v) for v in self.image_size)
+        try:
+            size = tuple(int(v) for v in self.image_size)
+        except (TypeError, ValueError):  # not a sequence of numbers, e.g. "abc" in a model.json
+            size = ()
         if len(size) != 2 or min(size) < 16 or any(v % 16 for v in size):
-            raise UserError(f"config {self.name!r}: image_size {self.image_size} must be two "
+            raise UserError(f"config {self.name!r}: image_size {self.image_size!r} must be two "
                             f"multiples of 16 (height, width), e.g. [400, 400]")
         object.__setattr__(self, "image_size", size)
         if isinstance(self.sinkhorn, dict):
