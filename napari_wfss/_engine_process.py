@@ -1,4 +1,4 @@
-"""Run the proposal engine in a child Python process, so torch never loads inside napari.
+"""Run the proposal engine (or a retraining) in a child Python process, so torch never loads inside napari.
 
 Why a process: on Mesa (llvmpipe) machines, importing torchvision or open_clip after napari has made
 its OpenGL context loads triton's bundled LLVM next to Mesa's and kills the process with a
@@ -14,13 +14,17 @@ Protocol (one run = one child; JSON lines):
   ``{"event": "result", "image": path, "key": key, "file": ".npy path" | null, "scores": {...},
   "error": str | null, "model": str, "seconds": float}`` (``file`` null when the image could not be
   read: ``error`` says why), ``{"event": "warning", "message": str}`` for each of the run's warnings
-  (e.g. a support image left out), then exactly one ``{"event": "done", "cancelled": bool}``, or
-  ``{"event": "error", "message": str, "user": bool, "details": str}`` then ``done``.
+  (e.g. a support image left out), ``{"event": "progress", "stage": str, "done": int, "total": int}`` for
+  a run that reports stages (retraining), ``{"event": "model", "path": str, "best_step": int,
+  "steps_run": int, "scores": {...}}`` when a retraining wrote its model, then exactly one
+  ``{"event": "done", "cancelled": bool}``, or ``{"event": "error", "message": str, "user": bool,
+  "details": str}`` then ``done``.
 
 The engine function is called as ``function(should_stop=callable, **kwargs)`` and must return an
 iterator of :class:`napari_wfss.engine.ProposalResult` (one per finished image, unreadable ones with
-``error`` set) and :class:`RunWarning`. ``should_stop()`` turns True once the parent cancels; the engine
-checks it between images, and the child stops reading results at the next one. The parent kills a
+``error`` set), :class:`RunWarning`, :class:`RunProgress` and :class:`ModelWritten`. ``should_stop()``
+turns True once the parent cancels; the engine checks it between images (a retraining between steps),
+and the child stops reading results at the next one. The parent kills a
 child that has not exited ``grace_s`` seconds after a cancel (e.g. stuck loading a model).
 """
 
@@ -57,6 +61,25 @@ class RunWarning:
 
 
 @dataclass(frozen=True)
+class RunProgress:
+    """``done`` of ``total`` units of the run's current ``stage`` (e.g. "training", steps)."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ModelWritten:
+    """A retraining wrote its model folder ``path``; ``scores``: step -> held-out {"loss", "iou"}."""
+
+    path: str
+    best_step: int
+    steps_run: int
+    scores: dict
+
+
+@dataclass(frozen=True)
 class RunFailed:
     """The run stopped on an error; ``user_error`` is True for a ``UserError`` (message says what to do)."""
 
@@ -72,14 +95,14 @@ class RunFinished:
     cancelled: bool
 
 
-RunEvent = ProposalResult | RunWarning | RunFailed | RunFinished
+RunEvent = ProposalResult | RunWarning | RunProgress | ModelWritten | RunFailed | RunFinished
 
 
-def propose_project(project: str, should_stop: Callable[[], bool],
+def propose_project(project: str, should_stop: Callable[[], bool], images: list[str] | None = None,
                     **options: Any) -> Iterator[ProposalResult | RunWarning]:
-    """The default engine entry in the child: open the session at ``project`` read-only and propose its
-    default queries without storing anything (the parent stores the results with
-    :func:`napari_wfss.engine.store_proposals`).
+    """The default engine entry in the child: open the session at ``project`` read-only and propose
+    ``images`` (default: its default queries) without storing anything (the parent stores the results
+    with :func:`napari_wfss.engine.store_proposals`).
 
     ``options``: the fields of a :class:`napari_wfss.options.ProposalOptions`. Yields a ``ProposalResult``
     per finished image (unreadable images with ``error`` set), then a :class:`RunWarning` per warning of
@@ -91,7 +114,7 @@ def propose_project(project: str, should_stop: Callable[[], bool],
 
     engine = Engine.from_options(ProposalOptions.from_dict(options))
     with Session.open(project, read_only=True) as session:
-        yield from engine.propose(session, store=False, should_stop=should_stop)
+        yield from engine.propose(session, images=images, store=False, should_stop=should_stop)
     for message in engine.warnings:
         yield RunWarning(message)
 
@@ -159,8 +182,8 @@ class EngineProcess:
             self._proc.kill()
 
     def events(self) -> Iterator[RunEvent]:
-        """Yield a ``ProposalResult`` per finished image and a :class:`RunWarning` per warning, a
-        :class:`RunFailed` if the run failed,
+        """Yield a ``ProposalResult`` per finished image, a :class:`RunWarning` per warning, the run's
+        :class:`RunProgress` and :class:`ModelWritten` events, a :class:`RunFailed` if the run failed,
         and always a final :class:`RunFinished`. Blocks while the child computes (call it off the
         UI thread)."""
         reported_done = False
@@ -177,6 +200,10 @@ class EngineProcess:
                                      error=msg["error"], model=msg["model"])
             elif msg["event"] == "warning":
                 yield RunWarning(msg["message"])
+            elif msg["event"] == "progress":
+                yield RunProgress(msg["stage"], int(msg["done"]), int(msg["total"]))
+            elif msg["event"] == "model":
+                yield ModelWritten(msg["path"], int(msg["best_step"]), int(msg["steps_run"]), msg["scores"])
             elif msg["event"] == "error":
                 yield RunFailed(msg["message"], bool(msg["user"]), msg.get("details", ""))
             elif msg["event"] == "done":
@@ -186,7 +213,7 @@ class EngineProcess:
             self._killer.cancel()
         if not reported_done and not self._cancel_requested.is_set():  # (after a cancel: killed, as asked)
             tail = self._log_path.read_text(errors="replace")[-_LOG_TAIL:]
-            yield RunFailed(f"the proposal process stopped unexpectedly (exit code {code})", False, tail)
+            yield RunFailed(f"the background process stopped unexpectedly (exit code {code})", False, tail)
         yield RunFinished(cancelled or self._cancel_requested.is_set())
 
     def close(self) -> None:
@@ -245,6 +272,13 @@ def _child_main() -> int:
         for n, event in enumerate(events):
             if isinstance(event, RunWarning):
                 send(event="warning", message=event.message)
+                continue
+            if isinstance(event, RunProgress):
+                send(event="progress", stage=event.stage, done=event.done, total=event.total)
+                continue
+            if isinstance(event, ModelWritten):
+                send(event="model", path=event.path, best_step=event.best_step, steps_run=event.steps_run,
+                     scores=event.scores)
                 continue
             path = None
             if event.label_map is not None:

@@ -58,7 +58,7 @@ from hhn.errors import UserError
 from .classes import BACKGROUND_ID
 from .images import ImageReadError
 from .options import ProposalOptions, check_run_numbers
-from .session import ACCEPTED, EDITED, REJECTED, UNTAGGED, Session
+from .session import ACCEPTED, EDITED, PROPOSED, REJECTED, UNTAGGED, Session
 
 if TYPE_CHECKING:
     from hhn.pipeline import ClassSegmenter, FewShotPipeline
@@ -101,11 +101,15 @@ class RunPlan:
     queries: tuple[str, ...]
 
 
-def default_queries(session: Session) -> list[str]:
+def default_queries(session: Session, redo_model: str | None = None) -> list[str]:
     """Images a run proposes by default: no tag, no proposal and no user mask (status untagged, or
-    rejected without tags), in session order."""
+    rejected without tags), in session order. With ``redo_model``, also the untagged images whose
+    proposal (still unreviewed: status proposed) was made by another model than ``redo_model`` (after a
+    retraining); edited and accepted masks are never among them."""
     with session.lock:
-        return [rel for rel in session.images_with_status(UNTAGGED, REJECTED) if not session.tags_of(rel)]
+        return [rel for rel in session.images_with_status(UNTAGGED, REJECTED, PROPOSED) if not session.tags_of(rel)
+                and (session.status(rel) != PROPOSED
+                     or (redo_model is not None and session.info(rel).proposal_model != redo_model))]
 
 
 def plan_run(session: Session, images: Sequence[str] | None = None, shots: int = 5) -> RunPlan:

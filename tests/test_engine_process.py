@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from hhn.errors import UserError
-from napari_wfss._engine_process import EngineProcess, RunFailed, RunFinished, RunWarning
+from napari_wfss._engine_process import (
+    EngineProcess,
+    ModelWritten,
+    RunFailed,
+    RunFinished,
+    RunProgress,
+    RunWarning,
+)
 from napari_wfss.engine import ProposalResult
 
 pytestmark = pytest.mark.usefixtures("child_sees_tests")
@@ -70,6 +77,14 @@ def crashing_engine(should_stop) -> object:
     yield _result("never", np.zeros((1, 1), np.uint8))
 
 
+def staged_engine(should_stop) -> object:
+    """A retraining's events: stage progress, a note, the model written."""
+    yield RunProgress("training", 1, 2)
+    yield RunProgress("training", 2, 2)
+    yield RunWarning("one class (coin)")
+    yield ModelWritten("/m/20261205", 2, 2, {"0": {"loss": 0.5, "iou": 0.25}, "2": {"loss": 0.4, "iou": 0.5}})
+
+
 def _run(func: str, grace_s: float = 5.0, **kwargs: object) -> EngineProcess:
     return EngineProcess(kwargs, engine=f"{__name__}:{func}", grace_s=grace_s)
 
@@ -85,6 +100,15 @@ def test_results_stream_in_order_with_their_arrays():
     assert [e.scores for e in events[:3]] == [{}, {"coin": 0.1}, {}]
     assert all(e.key == e.image.upper() and e.model == "fake" and e.seconds == 0.5 for e in events[:3])
     assert events[-1].cancelled is False
+
+
+def test_progress_and_model_events_cross_the_process_boundary():
+    with _run("staged_engine") as run:
+        events = list(run.events())
+    assert events == [RunProgress("training", 1, 2), RunProgress("training", 2, 2), RunWarning("one class (coin)"),
+                      ModelWritten("/m/20261205", 2, 2, {"0": {"loss": 0.5, "iou": 0.25},
+                                                         "2": {"loss": 0.4, "iou": 0.5}}),
+                      RunFinished(cancelled=False)]
 
 
 def test_cancel_stops_between_images():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +384,78 @@ def test_class_table_rename_recolour_and_csv_round_trip(widget, sample_images, t
     extra.write_text("id,name,color\n3,dog,#00ff00\n")
     widget.import_classes_csv(extra)
     assert widget.session.classes.names == ["coin", "kitten", "dog"] and widget.class_table.rowCount() == 3
+
+
+def test_retrain_on_accepted_masks_then_propose_with_the_new_model(widget, sample_images, tiny_model, qtbot):
+    """Retrain (a real fine-tuning in the child process, 2 steps), the new model is offered in the Model
+    field, and the next Propose replaces the previous model's unreviewed proposals with the new model's."""
+    from napari_wfss._engine_process import DEFAULT_ENGINE
+    from napari_wfss.retrain import MODELS_DIR
+    from napari_wfss.session import ACCEPTED, PROPOSED
+
+    widget.engine_spec = DEFAULT_ENGINE
+    widget.model_edit.setText(tiny_model)
+    widget.device_combo.setCurrentText("cpu")
+    widget.shots_spin.setValue(1)
+    keep_only(sample_images, {f"coin_0{i}.png" for i in range(4)} | {f"cat_0{i}.png" for i in range(3)})
+    widget.open_folder(sample_images)
+    s = widget.session
+    _tag_two_images(widget)
+    assert widget.retrain_button.isEnabled()
+    widget.retrain()  # nothing accepted yet: refused with a message, no run started
+    assert not widget.running
+
+    widget.propose()
+    _wait_run(qtbot, widget, timeout=600_000)
+    assert s.info("coin_03.png").proposal_model == tiny_model
+    for rel, cls in [("coin_00.png", "coin"), ("coin_01.png", "coin"), ("coin_02.png", "coin"),
+                     ("cat_00.png", "cat"), ("cat_01.png", "cat")]:
+        h, w = s.read_image(rel).shape[:2]
+        box = np.zeros((h, w), np.uint8)
+        box[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = s.classes.get(cls).id
+        s.accept(rel, box)
+    assert s.status("coin_03.png") == PROPOSED and len(s.images_with_status(ACCEPTED)) == 5
+
+    widget.retrain_steps_spin.setValue(2)
+    widget.retrain_button.click()
+    assert widget.running and not widget.propose_button.isEnabled()
+    _wait_run(qtbot, widget, timeout=600_000)
+    new_model = widget.new_model
+    assert new_model is not None and widget.model_edit.text() == new_model
+    assert Path(new_model).parent == s.project_dir / MODELS_DIR and (Path(new_model) / "model.json").is_file()
+    assert widget.redo_check.isChecked() and "retrained" in widget.run_label.text()
+
+    widget.propose()
+    _wait_run(qtbot, widget, timeout=600_000)
+    assert s.info("coin_03.png").proposal_model == new_model  # redone by the new model
+    assert s.info("cat_02.png").proposal_model == new_model
+    assert s.status("coin_00.png") == ACCEPTED  # accepted masks untouched
+
+
+def test_cancelling_a_retraining_keeps_nothing_and_the_ui_stays_usable(widget, sample_images, tiny_model, qtbot):
+    from napari_wfss.retrain import MODELS_DIR
+
+    widget.model_edit.setText(tiny_model)
+    widget.device_combo.setCurrentText("cpu")
+    keep_only(sample_images, {f"coin_0{i}.png" for i in range(3)} | {f"cat_0{i}.png" for i in range(2)})
+    widget.open_folder(sample_images)
+    s = widget.session
+    s.add_class("coin")
+    s.add_class("cat")
+    for rel in s.images:
+        h, w = s.read_image(rel).shape[:2]
+        box = np.zeros((h, w), np.uint8)
+        box[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = s.classes.get(rel.split("_")[0]).id
+        s.accept(rel, box)
+    widget.retrain_steps_spin.setValue(5000)
+    widget.retrain()
+    qtbot.waitUntil(lambda: widget.run_label.text() == "retraining: training", timeout=300_000)
+    widget.show_image("cat_01.png")  # the UI answers while the child trains
+    assert widget.current == "cat_01.png"
+    widget.cancel_button.click()
+    _wait_run(qtbot, widget, timeout=30_000)
+    # the child stopped itself and cleaned up: a killed child would leave its partial folders behind
+    assert widget.run_label.text() == "retraining cancelled: nothing kept" and widget.new_model is None
+    assert widget.model_edit.text() == tiny_model
+    assert list((s.project_dir / MODELS_DIR).iterdir()) == []
+    assert widget.propose_button.isEnabled() and widget.retrain_button.isEnabled()

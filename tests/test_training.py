@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
 import numpy as np
@@ -183,11 +182,10 @@ def test_train_cli_offers_every_recipe():
 
 def test_train_cli_requires_held_out_classes(tmp_path):
     from hhn.training.cli import run_train_cli
+    from napari_wfss.cli import build_parser
 
     root = write_generic_dataset(tmp_path / "synth")
-    args = argparse.Namespace(data=str(root), layout="auto", preset="wfss-lite0", recipe="ours",
-                              out=str(tmp_path / "o"),
-                              steps=1, resume=False, test_classes=None, fold=None, seed=0, device="cpu",
-                              prior_positives=3, prior_negatives=3, threads=None, amp=False)
+    args = build_parser().parse_args(["train", "--data", str(root), "--out", str(tmp_path / "o"), "--steps", "1",
+                                      "--device", "cpu"])
     with pytest.raises(UserError, match="held-out"):
         run_train_cli(args)

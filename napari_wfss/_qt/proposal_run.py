@@ -58,7 +58,7 @@ class ProposalRunMixin:
     ``proposal_options``, ``running``, ``skipped``, ``engine_spec``).
 
     Uses the widget's ``session``, Propose fields (``model_edit``, ``device_combo``, ``shots_spin``,
-    ``threshold_spin``, ``snap_check``, ``refine_check``), ``progress_bar``, ``run_label``,
+    ``threshold_spin``, ``snap_check``, ``refine_check``, ``redo_check``), ``progress_bar``, ``run_label``,
     ``skipped_list`` and its ``_report``, ``_capture_edits``, ``_refresh_enabled``, ``_update_image_row``,
     ``_update_counts``, ``_unedited`` and ``_show_labels``.
     """
@@ -109,7 +109,8 @@ class ProposalRunMixin:
         if not self.session.images_tagged():
             self._report(UserError("tag at least one image with a class before proposing (tick a class or press 1-9)"))
             return
-        targets = default_queries(self.session)
+        redo = self._model_name() if self.redo_check.isChecked() else None
+        targets = default_queries(self.session, redo_model=redo)
         if not targets:
             show_info("nothing to propose: every image is tagged, proposed or done")
             return
@@ -120,7 +121,8 @@ class ProposalRunMixin:
             return
         self.session.save()
         self._run_session = self.session
-        run = EngineProcess({"project": str(self.session.project_dir), **dataclasses.asdict(options)},
+        run = EngineProcess({"project": str(self.session.project_dir), "images": targets,
+                             **dataclasses.asdict(options)},
                             engine=self.engine_spec)
         self._run_holder["run"] = run
         self._run_count = 0
@@ -131,8 +133,11 @@ class ProposalRunMixin:
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(True)
         self.run_label.setText(f"proposing {len(targets)} images…")
-        worker = create_worker(_store_run, run, self.session, _ignore_errors=True)
-        worker.yielded.connect(self._on_run_event)
+        self._start_worker(create_worker(_store_run, run, self.session, _ignore_errors=True), self._on_run_event)
+
+    def _start_worker(self, worker, on_event) -> None:
+        """Start a child run's reader ``worker``: its events go to ``on_event``, its end re-enables the UI."""
+        worker.yielded.connect(on_event)
         worker.errored.connect(self._report)
         worker.finished.connect(self._on_worker_finished)
         self._worker = worker

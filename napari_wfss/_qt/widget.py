@@ -50,6 +50,7 @@ from napari_wfss._qt.layers import (
     show_labels_layer,
 )
 from napari_wfss._qt.proposal_run import MODELS_THRESHOLD, ProposalRunMixin
+from napari_wfss._qt.retrain_run import RetrainRunMixin
 from napari_wfss.images import ImageReadError
 from napari_wfss.options import DEVICES
 from napari_wfss.session import (
@@ -83,14 +84,15 @@ def _swatch(rgb: tuple[int, int, int]) -> QIcon:
     return QIcon(pix)
 
 
-class WfssWidget(ProposalRunMixin, QWidget):
+class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
     """Few-shot labelling: tag a few images with class names, get proposals for the rest, review them.
 
     The public methods (``open_folder``, ``show_image``, ``toggle_tag``, ``add_class``, ``propose``,
     ``cancel``, ``accept``, ``reject``, ``next_image``, ``previous_image``, ``export``, ...) are what
     the buttons and keys call; scripts and tests may call them directly. The Propose box's actions
     (``propose``, ``cancel``, ``proposal_options``, ``running``) come from
-    :class:`~napari_wfss._qt.proposal_run.ProposalRunMixin`.
+    :class:`~napari_wfss._qt.proposal_run.ProposalRunMixin`, ``retrain`` from
+    :class:`~napari_wfss._qt.retrain_run.RetrainRunMixin`.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -101,6 +103,7 @@ class WfssWidget(ProposalRunMixin, QWidget):
         self._loaded: np.ndarray | None = None  # the label map as shown, to detect edits
         self._init_proposal_run()
         self._export_worker = None  # the running export worker (kept referenced while it runs)
+        self.new_model: str | None = None  # the folder of the last retrained model
         self._updating = False
         self.last_export = None
         self._build_ui()
@@ -214,6 +217,27 @@ class WfssWidget(ProposalRunMixin, QWidget):
         row.addWidget(self.propose_button, 1)
         row.addWidget(self.cancel_button)
         inner.addLayout(row)
+        self.redo_check = QCheckBox("Redo proposals of other models")
+        self.redo_check.setToolTip("Propose also replaces the unreviewed proposals made by another model than the "
+                                   "Model field's (edited and accepted masks are never replaced); ticked after a "
+                                   "retraining")
+        inner.addWidget(self.redo_check)
+        row = QHBoxLayout()
+        self.retrain_button = QPushButton("Retrain on accepted masks")
+        self.retrain_button.setToolTip("fine-tune the Model field's model on the accepted and edited masks (in the "
+                                       "background, minutes on a CPU); the new model is kept in the project and put "
+                                       "in the Model field")
+        self.retrain_button.clicked.connect(self.retrain)
+        self.retrain_steps_spin = QSpinBox()
+        self.retrain_steps_spin.setRange(1, 5000)
+        self.retrain_steps_spin.setValue(200)
+        self.retrain_steps_spin.setPrefix("at most ")
+        self.retrain_steps_spin.setSuffix(" steps")
+        self.retrain_steps_spin.setToolTip("training steps of a retraining (it stops earlier when held-out accepted "
+                                           "images stop improving)")
+        row.addWidget(self.retrain_button, 1)
+        row.addWidget(self.retrain_steps_spin)
+        inner.addLayout(row)
         row = QHBoxLayout()
         self.progress_bar = QProgressBar()
         self.progress_bar.setFormat("%v / %m")
@@ -257,6 +281,7 @@ class WfssWidget(ProposalRunMixin, QWidget):
         for w in (self.accept_button, self.reject_button, self.next_button, self.previous_button):
             w.setEnabled(has_image)
         self.propose_button.setEnabled(has_session and not self.running)
+        self.retrain_button.setEnabled(has_session and not self.running)
         self.cancel_button.setEnabled(self.running)
         self.open_button.setEnabled(not self.running)
 

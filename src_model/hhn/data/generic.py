@@ -48,9 +48,13 @@ def parse_classes(text: str) -> dict[int, str]:
 
 
 class GenericDataset(SegmentationDataset):
-    """A folder in the generic layout (see the module docstring); ``name`` = file stem."""
+    """A folder in the generic layout (see the module docstring); ``name`` = file stem.
 
-    def __init__(self, root: str | Path, min_fraction: float = 0.0, exclude: Iterable[str] = ()) -> None:
+    ``only``: keep just these image names (e.g. the accepted masks of an export, or one split of them).
+    """
+
+    def __init__(self, root: str | Path, min_fraction: float = 0.0, exclude: Iterable[str] = (),
+                 only: Iterable[str] | None = None) -> None:
         self.root = Path(root)
         classes_file = self.root / "classes.txt"
         if not classes_file.is_file():
@@ -60,7 +64,9 @@ class GenericDataset(SegmentationDataset):
         masks_dir = self.root / "masks"
         if not masks_dir.is_dir():
             raise DatasetError(f"{masks_dir} not found: put one PNG label map per image there (same stem).")
-        self._names = tuple(sorted(s for s in self._images if (masks_dir / f"{s}.png").is_file()))
+        keep = None if only is None else set(only)
+        self._names = tuple(sorted(s for s in self._images if (masks_dir / f"{s}.png").is_file()
+                                   and (keep is None or s in keep)))
         if not self._names:
             raise DatasetError(f"no image in {self.root / 'images'} has a mask in {masks_dir} (same file stem).")
         super().__init__(self._class_names, self._names, min_fraction=min_fraction, exclude=exclude)

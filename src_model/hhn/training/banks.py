@@ -32,7 +32,7 @@ class FeatureBank:
 
     def __init__(self, model, dataset: SegmentationDataset, names: Iterable[str],
                  cache_file: str | Path | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], object] | None = None) -> None:
         self.size = tuple(model.config.image_size)
         self.signature = {"backbone": model.config.backbone, "size": list(self.size), "version": 1}
         names = sorted(set(names))

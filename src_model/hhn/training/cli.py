@@ -21,6 +21,8 @@ from hhn.errors import UserError
 
 
 def run_train_cli(args) -> int:
+    if args.init is not None:
+        return run_finetune_cli(args)
     import torch
 
     from hhn.config import load_preset
@@ -92,4 +94,30 @@ def run_train_cli(args) -> int:
     summary = {"model": str(out / "model.safetensors"), "steps": trainer.step,
                "seconds_this_call": round(time.perf_counter() - t0, 1), **meta}
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def run_finetune_cli(args) -> int:
+    """``wfss train --init MODEL --data EXPORT --out OUT``: fine-tune on accepted masks (``hhn.training.finetune``)."""
+    from hhn.device import set_cpu_threads
+    from hhn.training.finetune import FinetuneSettings, finetune
+
+    if args.resume:
+        raise UserError("a fine-tuning run is short and is not resumed: run it again with a new --out")
+    statuses = tuple(s.strip() for s in args.statuses.split(",") if s.strip())
+    settings = FinetuneSettings(steps=args.steps or FinetuneSettings.steps, eval_every=args.eval_every,
+                                patience=args.patience, val_fraction=args.val_fraction, statuses=statuses,
+                                prior_positives=args.prior_positives, prior_negatives=args.prior_negatives,
+                                seed=args.seed, device=args.device, amp=args.amp)
+    set_cpu_threads(args.threads)
+    t0 = time.perf_counter()
+    result = finetune(args.init, args.data, args.out, settings, log=lambda s: print("train: " + s, file=sys.stderr))
+    if result.cancelled:
+        raise KeyboardInterrupt
+    best = result.scores.get(result.best_step, {})
+    summary = {"model": str(result.model), "parent": args.init, "data": str(args.data), "steps_run": result.steps_run,
+               "best_step": result.best_step, "held_out_before": result.scores.get(0), "held_out_best": best or None,
+               "seconds": round(time.perf_counter() - t0, 1), "notes": result.notes}
+    print(json.dumps(summary, indent=1))
+    print(f"train: wrote {result.model}; use it with: wfss label ... --model {Path(args.out)}", file=sys.stderr)
     return 0

@@ -151,7 +151,7 @@ class Trainer:
 
     def __init__(self, model, recipe: Recipe, out: str | Path, features: FeatureBank, targets: TargetBank,
                  priors: EpisodePriors, sample: Callable[[int], Sequence[Episode]], steps: int, seed: int = 0,
-                 log: Callable[[str], None] = print, checkpoint_every: int = 100,
+                 log: Callable[[str], object] = print, checkpoint_every: int = 100,
                  metadata: dict | None = None, amp: bool = False) -> None:
         self.model, self.recipe, self.out = model, recipe, Path(out)
         self.features, self.targets, self.priors, self.sample = features, targets, priors, sample
@@ -216,14 +216,15 @@ class Trainer:
             loss = loss + r.norm_penalty * sum(p.norm() for p in self.params)
         return loss
 
-    def run(self, until: int | None = None) -> list[float]:
+    def run(self, until: int | None = None, should_stop: Callable[[], bool] | None = None) -> list[float]:
         """Train from ``self.step`` to ``until`` (default: ``self.steps``; the schedule always spans
-        ``self.steps``); returns the per-step losses of this call."""
+        ``self.steps``); returns the per-step losses of this call. ``should_stop()`` is asked before every
+        step: True ends the call early (``self.step`` tells how far it got; nothing is checkpointed)."""
         until = self.steps if until is None else min(until, self.steps)
         self.model.train()
         losses, t0, logf = [], time.perf_counter(), (self.out / "log.jsonl").open("a", encoding="utf-8")
         try:
-            while self.step < until:
+            while self.step < until and not (should_stop is not None and should_stop()):
                 # Every step's randomness (augmentation, then dropout) depends only on (seed, step): a resumed
                 # run repeats the same steps whatever else consumed random numbers before (lazy priors do).
                 rng = np.random.default_rng([self.seed, self.step])

@@ -19,7 +19,7 @@ import numpy as np
 from hhn.data.base import SegmentationDataset
 from hhn.data.episodes import EpisodeSampler
 from hhn.preprocess import resize_mask
-from hhn.priors.base import TagPrior
+from hhn.priors.base import TaggedImage, TagPrior
 
 
 class PriorBank:
@@ -31,12 +31,14 @@ class PriorBank:
         size: stored resolution (the decoder head size is enough: the network resizes priors itself).
         positives / negatives: gallery sizes (as ``wfss eval --prior-positives/--prior-negatives``).
         seed: gallery seed.
+        masked: hand the positives to the prior with their pixel masks (as the engine fits a prior on
+            accepted masks) instead of by their tags only.
     """
 
     def __init__(self, dataset: SegmentationDataset, prior: TagPrior, size: tuple[int, int],
-                 positives: int = 3, negatives: int = 3, seed: int = 0) -> None:
+                 positives: int = 3, negatives: int = 3, seed: int = 0, masked: bool = False) -> None:
         self.dataset, self.tag_prior, self.size = dataset, prior, (size[0], size[1])
-        self.positives, self.seed = positives, seed
+        self.positives, self.seed, self.masked = positives, seed, masked
         self._negatives = EpisodeSampler(dataset, shots=1, seed=seed, prior_negatives=negatives)
         self._maps: dict[tuple[str, str], np.ndarray] = {}
 
@@ -50,10 +52,17 @@ class PriorBank:
             others = [n for n in self.dataset.images_with(class_name) if n != name]
             pos = [others[i] for i in rng.permutation(len(others))[:self.positives]]
             neg = self._negatives.negatives_for(class_name, (name,), rng)
-            fitted = self.tag_prior.fit(class_name, [self.dataset.load_image(n) for n in pos],
-                                    [self.dataset.load_image(n) for n in neg])
+            fitted = self.tag_prior.fit(class_name, [self._positive(n, class_name) for n in pos],
+                                        [self.dataset.load_image(n) for n in neg])
             self._maps[key] = resize_mask(fitted(self.dataset.load_image(name)), self.size, soft=True)
         return self._maps[key]
+
+    def _positive(self, name: str, class_name: str) -> np.ndarray | TaggedImage:
+        image = self.dataset.load_image(name)
+        if not self.masked:
+            return image
+        mask = self.dataset.load_label(name) == self.dataset.class_id(class_name)
+        return TaggedImage(image, mask.astype(np.float32))
 
     def fill(self, pairs: Iterable[tuple[str, str]], progress: Callable[[int, int], object] | None = None) -> None:
         """Compute the priors of ``pairs`` now (so training steps never wait on them)."""
@@ -67,7 +76,7 @@ class PriorBank:
         """What the stored maps depend on besides (image, class); a saved file with others is ignored."""
         return json.dumps({"prior": type(self.tag_prior).__name__, "size": list(self.size),
                            "positives": self.positives, "negatives": self._negatives.prior_negatives,
-                           "seed": self.seed})
+                           "seed": self.seed, **({"masked": True} if self.masked else {})})
 
     def save(self, path: str | Path) -> None:
         """Keep the computed priors in an ``.npz`` (atomic write) to skip them on ``--resume``: ``maps``
