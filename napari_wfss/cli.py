@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from hhn.errors import UserError
 from hhn.priors.catalog import TAG_PRIORS
@@ -48,12 +49,42 @@ def _add_prior_gallery(p: argparse.ArgumentParser) -> None:
                    help="images without the class that the prior may learn from (default: 3)")
 
 
+def package_version() -> str:
+    """The installed napari-wfss version (package metadata), or a note when it is not installed."""
+    try:
+        return version("napari-wfss")
+    except PackageNotFoundError:
+        return "unknown (napari-wfss is not installed: pip install -e .)"
+
+
+def _add_label_output(p: argparse.ArgumentParser) -> None:
+    """``wfss label``'s flags for what the run writes and prints, and which images it takes."""
+    p.add_argument("--tiff", action="store_true", help="also write TIFF label maps (masks_tiff/)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--link-images", dest="images", action="store_const", const="link", default="copy",
+                        help="hard-link the source images into OUT/images/ instead of copying them (no extra "
+                             "disk space; falls back to a copy across disks; re-encoded files are still written)")
+    source.add_argument("--no-images", dest="images", action="store_const", const="none",
+                        help="leave out OUT/images/ (masks and index files only; OUT is then not a training "
+                             "dataset by itself)")
+    p.add_argument("--recursive", action="store_true",
+                   help="also label the images in the sub-folders of FOLDER (TAGS.csv then names them by "
+                        "relative path, e.g. sub/x.jpg, or by a file name unique in the tree)")
+    p.add_argument("--redo", action="store_true",
+                   help="propose again the images whose proposal is not reviewed yet (status proposed) and was "
+                        "made with other (or unrecorded) options than those given now (accepted and edited masks "
+                        "are never touched)")
+    p.add_argument("--json", action="store_true",
+                   help="print the closing summary as one JSON object on stdout (the text summary goes to stderr)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``wfss`` parser; each subparser stores its runner as ``args.run``."""
     parser = argparse.ArgumentParser(
         prog="wfss",
         description="Weakly-supervised few-shot segmentation: class names + a few tags -> masks for a whole folder.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("label", help="label every untagged image of a folder (batch, resumable)",
@@ -62,18 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tagged in TAGS.csv, and write the export layout to OUT.",
                        epilog="OUT receives masks/ (palette PNGs), images/, coco.json, classes.txt, classes.json, "
                               "manifest.json|csv,\nand the run's state in OUT/.wfss-project (FOLDER is never "
-                              "written). Rerun the same command to resume.\n"
+                              "written). Rerun the same command to resume.\nA rerun with other proposal "
+                              "options keeps the earlier proposals and says so: add --redo to propose them again.\n"
+                              "--json: one object on stdout {labelled, already_done, failed: [{image, reason}], "
+                              "skipped_files,\nwarnings, out, model, untrained, exit_code, seconds, "
+                              "compute_seconds}; nothing on stdout for bad input (exit 2).\n"
                               "exit status: 0 done (unreadable images are skipped with a warning); 1 no image "
                               "could be labelled;\n2 bad input (message says what to fix); 130 interrupted.")
     p.add_argument("folder", help="folder of images")
     p.add_argument("--tags", required=True, help="CSV with 'image,class' rows (an image may have several rows)")
     p.add_argument("--out", required=True, help="output folder (project state + export); rerun to resume")
     ProposalOptions.add_arguments(p)
-    p.add_argument("--tiff", action="store_true", help="also write TIFF label maps")
+    _add_label_output(p)
     p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
                    help="refuse larger images before decoding them (memory grows with the pixel count; "
                         f"raise it only with the memory for it) (default: {MAX_MEGAPIXELS:g})")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="label only shard K of N of the untagged images (a fixed partition by path), into "
+                        "OUT/shards/K-of-N; the last shard to finish merges them into OUT (see wfss merge-exports)")
+    p.add_argument("--dask", default=None, metavar="ADDRESS|local:N",
+                   help="compute the images on a Dask cluster: a scheduler address (tcp://host:8786) or local:N "
+                        "for N local worker processes (needs pip install 'napari-wfss[dask]')")
     p.set_defaults(run="napari_wfss.batch:run_label_cli")
+
+    p = sub.add_parser("merge-exports", help="merge the shards of a `wfss label --shard K/N` run into one export",
+                       description="Build OUT's masks/, images/, coco.json, classes and manifest from its complete "
+                                   "shards in OUT/shards/K-of-N (idempotent; refuses incomplete or mismatched "
+                                   "shards).")
+    p.add_argument("out", help="the --out of the sharded runs")
+    p.set_defaults(run="napari_wfss.shards:run_merge_cli")
 
     p = sub.add_parser("train", help="train HHN heads on episodes, or fine-tune a model on accepted masks",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -43,20 +43,21 @@ Torch and the model modules of :mod:`hhn` are imported on first use, so importin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from hhn.errors import UserError
 
 from .classes import BACKGROUND_ID
-from .images import ImageReadError
+from .images import ImageReadError, read_image
 from .options import ProposalOptions, check_run_numbers
 from .session import ACCEPTED, EDITED, PROPOSED, REJECTED, UNTAGGED, Session
 
@@ -378,6 +379,15 @@ class Engine:
             return f"{PRESET_PREFIX}{preset} ({UNTRAINED_NOTE})"
         return name
 
+    def settings(self) -> dict[str, Any]:
+        """What decides this engine's proposals besides the session, as JSON values (``wfss label`` records
+        them per image to tell a rerun with other options): the keys of
+        :data:`~napari_wfss.options.PROPOSAL_SETTINGS`; the decision rule as a dict, None for the model's."""
+        rule = self._decision
+        return {"model": self.model_name, "shots": self.shots, "threshold": self._threshold,
+                "decision": None if rule is None else dataclasses.asdict(rule), "snap": self._snap,
+                "refine_supports": self._refine_supports}
+
     def load(self) -> Predictor:
         """Build the model and its predictor now (else done by the first run); returns the predictor."""
         return self.pipeline().predictor
@@ -440,12 +450,15 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
         store: bool = True,
         plan: RunPlan | None = None,
+        runner: QueryRunner | None = None,
     ) -> Iterator[ProposalResult]:
         """Propose label maps; yields one :class:`ProposalResult` per finished query (see the module doc).
 
         ``images``: queries (default :func:`default_queries`); ``plan``: a plan made beforehand with
         :func:`plan_run` (then ``images`` is ignored). ``store``: save each map as the image's
-        proposal. Raises :class:`EngineError` when nothing is tagged, or a class has no readable image.
+        proposal. ``runner``: computes the queries from the learnt classes (default: this process, on
+        ``threads`` threads; ``napari_wfss.dask_runner`` on a Dask cluster). Raises :class:`EngineError`
+        when nothing is tagged, or a class has no readable image.
         """
         plan = plan or plan_run(session, images, self.shots)
         self.warnings = []
@@ -463,11 +476,14 @@ class Engine:
         finally:
             pipeline.forget_images()
         del pixels  # supports are encoded: free the gallery before streaming the queries
+        learnt = LearntClasses(plan.classes, tuple(prepared), self.threshold, self.model_name)
+        results = (runner.stream(session, learnt, plan.queries, should_stop) if runner is not None
+                   else self._stream(session, learnt, plan.queries, should_stop))
         if not store:  # nothing to write: each result as soon as it is done (the widget shows them so)
-            yield from self._stream(session, plan, prepared, should_stop)
+            yield from results
             return
         batch: list[ProposalResult] = []
-        for result in self._stream(session, plan, prepared, should_stop):
+        for result in results:
             batch.append(result)
             if len(batch) == self.batch_size:
                 store_proposals(session, batch)
@@ -485,7 +501,7 @@ class Engine:
             return 1
         return self.threads if self.threads is not None else max(1, torch.get_num_threads())
 
-    def _stream(self, session: Session, plan: RunPlan, prepared: Sequence[ClassSegmenter],
+    def _stream(self, session: Session, learnt: LearntClasses, queries: Sequence[str],
                 should_stop: Callable[[], bool]) -> Iterator[ProposalResult]:
         """Every query's result in plan order, ``_workers()`` queries at a time (see the module doc).
         No new query starts once ``should_stop()`` is true; those started are finished and yielded.
@@ -494,7 +510,7 @@ class Engine:
 
         workers = self._workers()
         on_cpu = self.pipeline().predictor.device.type == "cpu"
-        queries = iter(plan.queries)
+        todo = iter(queries)
         pending: deque[Future[ProposalResult]] = deque()
         stopped = False
         with cpu_threads(1 if on_cpu else None), ThreadPoolExecutor(workers, "wfss-query") as pool:
@@ -502,9 +518,10 @@ class Engine:
                 def submit() -> None:
                     nonlocal stopped
                     stopped = stopped or should_stop()
-                    rel = None if stopped else next(queries, None)
+                    rel = None if stopped else next(todo, None)
                     if rel is not None:
-                        pending.append(pool.submit(self._propose_query, session, plan, prepared, rel))
+                        pending.append(pool.submit(learnt.propose_file, rel, session.key(rel),
+                                                   session.image_path(rel), session.max_pixels))
 
                 for _ in range(2 * workers):  # keep every worker busy while results are handed out
                     submit()
@@ -519,23 +536,53 @@ class Engine:
                 for future in pending:  # the consumer stopped early or a query failed: no new work
                     future.cancel()
 
-    def _propose_query(self, session: Session, plan: RunPlan, prepared: Sequence[ClassSegmenter],
-                       rel: str) -> ProposalResult:
-        """Decode one query, predict it for every class, decide per pixel; runs on a worker thread."""
-        key = session.key(rel)
+
+
+@dataclass(frozen=True)
+class LearntClasses:
+    """A run's classes once learnt (step 2 of the module doc): everything a query is proposed from.
+
+    ``segmenters``: one ``hhn.pipeline.ClassSegmenter`` per class of ``classes`` (they share the
+    pipeline, hence the model); ``threshold``: the per-pixel decision's. Picklable (the prior's and the
+    pipeline's caches travel empty), so a runner can ship it to other processes once
+    (:mod:`napari_wfss.dask_runner`); every runner proposes through :meth:`propose_file`, so their
+    masks are the same bit for bit on the CPU.
+    """
+
+    classes: tuple[ClassPlan, ...]
+    segmenters: tuple[ClassSegmenter, ...]
+    threshold: float
+    model_name: str
+
+    def propose_file(self, rel: str, key: str, path: str | os.PathLike[str], max_pixels: int) -> ProposalResult:
+        """Decode one query (``read_image`` with ``max_pixels``) and propose it; an unreadable file gives a
+        result with ``error`` set. Thread-safe: runners call it on several threads at once."""
         try:
-            image = session.read_image(rel)
+            image = read_image(path, max_pixels)
         except ImageReadError as exc:
             return ProposalResult(rel, key, None, error=str(exc), model=self.model_name)
-        pipeline = self.pipeline()
+        return self.propose_image(rel, key, image)
+
+    def propose_image(self, rel: str, key: str, image: np.ndarray) -> ProposalResult:
+        """``uint8 (H, W, 3)`` -> its proposal: every class predicted, then the per-pixel decision."""
+        pipeline = self.segmenters[0].pipeline
         resolver = _Resolver()
         try:
             encoded = pipeline.taps(image)  # once, shared by every class
-            for segmenter in prepared:
+            for segmenter in self.segmenters:
                 resolver.add(segmenter.predict(encoded).fg_prob)
         finally:
             pipeline.forget_image(image)
         result = ProposalResult(rel, key, None, model=self.model_name)
-        result.label_map, best = resolver.finish([c.id for c in plan.classes], self.threshold)
-        result.scores, result.fractions = _summarise(result.label_map, best, plan.classes)
+        result.label_map, best = resolver.finish([c.id for c in self.classes], self.threshold)
+        result.scores, result.fractions = _summarise(result.label_map, best, self.classes)
         return result
+
+
+class QueryRunner(Protocol):
+    """Computes a run's queries from its learnt classes (:meth:`Engine.propose`'s ``runner``)."""
+
+    def stream(self, session: Session, learnt: LearntClasses, queries: Sequence[str],
+               should_stop: Callable[[], bool]) -> Iterator[ProposalResult]:
+        """One result per query, as each finishes; no new query starts once ``should_stop()`` is True."""
+        ...

@@ -200,16 +200,7 @@ class DatasetWriter:
         if leading_out:
             raise ExportError(f"export folder is a link to {leading_out[0].resolve()}, outside the export: "
                               f"{leading_out[0]}; replace the link by a real folder, or export elsewhere")
-        records = self.out_dir / RECORDS_DIR
-        if records.is_dir():
-            for f in records.glob("*.json"):
-                try:
-                    rec = json.loads(f.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    continue  # half a record (an old kill): the image is exported again
-                if isinstance(rec, dict) and rec.get("version") == RECORD_VERSION:
-                    _check_record(rec, f)
-                    self._records[rec["key"]] = rec
+        self._records = read_records(self.out_dir)
 
     @property
     def keys(self) -> list[str]:
@@ -318,66 +309,85 @@ class DatasetWriter:
 
     def write_indexes(self) -> None:
         """Rewrite ``classes.txt``, ``classes.json``, ``coco.json`` and ``manifest.json|csv`` from the records."""
-        classes = self.session.classes
-        atomic_write_text(self.out_dir / "classes.txt", classes_txt(classes))
-        atomic_write_json(self.out_dir / "classes.json", {
-            "background": BACKGROUND_ID, "ignore": IGNORE_ID, "classes": classes.to_records(),
+        write_index_files(self.out_dir, self._ordered(), self.session.classes, self.session.image_folder)
+
+
+def read_records(out_dir: Path) -> dict[str, dict]:
+    """The per-image records of an export folder by key (each checked: ``_check_record``); records cut
+    short by a killed writer are left out (their image is exported again)."""
+    found: dict[str, dict] = {}
+    records = out_dir / RECORDS_DIR
+    if records.is_dir():
+        for f in records.glob("*.json"):
+            try:
+                rec = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict) and rec.get("version") == RECORD_VERSION:
+                _check_record(rec, f)
+                found[rec["key"]] = rec
+    return found
+
+
+def write_index_files(out_dir: Path, records: list[dict], classes: ClassTable, image_folder: Path) -> None:
+    """Write ``classes.txt``, ``classes.json``, ``coco.json`` and ``manifest.json|csv`` of ``out_dir`` from
+    ``records`` (in that order), the class table and the folder the sources are in."""
+    atomic_write_text(out_dir / "classes.txt", classes_txt(classes))
+    atomic_write_json(out_dir / "classes.json", {
+        "background": BACKGROUND_ID, "ignore": IGNORE_ID, "classes": classes.to_records(),
+    })
+    atomic_write_json(out_dir / "coco.json", _coco(records, classes))
+    rows = [_manifest_row(r, image_folder) for r in records]
+    atomic_write_json(out_dir / "manifest.json", {"format": "napari-wfss-export", "version": 1, "images": rows})
+    with atomic_open(out_dir / "manifest.csv", "w") as fh:
+        w = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ";".join(v) if isinstance(v, list) else ("" if v is None else v) for k, v in row.items()})
+
+
+def _manifest_row(rec: dict, image_folder: Path) -> dict:
+    m, f = rec["meta"], rec["files"]
+    row = {k: m[k] for k in ("source", "status", "tags", "classes", "model", "proposal_time",
+                             "mask_time", "accepted_time")}
+    row.update(key=rec["key"], source_path=str(image_folder / m["source"]), width=rec["width"],
+               height=rec["height"], image=f["image"], mask=f["mask"], tiff=f["tiff"])
+    return {k: row[k] for k in MANIFEST_FIELDS}
+
+
+def _coco(records: list[dict], classes: ClassTable) -> dict:
+    known = set(classes.ids)
+    images: list[dict] = []
+    annotations: list[dict] = []
+    for image_id, rec in enumerate(records, 1):
+        images.append({
+            "id": image_id,
+            "file_name": Path(rec["files"]["image"]).name if rec["files"]["image"] else "",
+            "height": rec["height"],
+            "width": rec["width"],
         })
-        records = self._ordered()
-        atomic_write_json(self.out_dir / "coco.json", self._coco(records, classes))
-        rows = [self._manifest_row(r, self.session.image_folder) for r in records]
-        atomic_write_json(self.out_dir / "manifest.json", {"format": "napari-wfss-export", "version": 1,
-                                                          "images": rows})
-        with atomic_open(self.out_dir / "manifest.csv", "w") as fh:
-            w = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-            w.writeheader()
-            for row in rows:
-                w.writerow({k: ";".join(v) if isinstance(v, list) else ("" if v is None else v)
-                            for k, v in row.items()})
-
-    @staticmethod
-    def _manifest_row(rec: dict, image_folder: Path) -> dict:
-        m, f = rec["meta"], rec["files"]
-        row = {k: m[k] for k in ("source", "status", "tags", "classes", "model", "proposal_time",
-                                 "mask_time", "accepted_time")}
-        row.update(key=rec["key"], source_path=str(image_folder / m["source"]), width=rec["width"],
-                   height=rec["height"], image=f["image"], mask=f["mask"], tiff=f["tiff"])
-        return {k: row[k] for k in MANIFEST_FIELDS}
-
-    @staticmethod
-    def _coco(records: list[dict], classes: ClassTable) -> dict:
-        known = set(classes.ids)
-        images: list[dict] = []
-        annotations: list[dict] = []
-        for image_id, rec in enumerate(records, 1):
-            images.append({
-                "id": image_id,
-                "file_name": Path(rec["files"]["image"]).name if rec["files"]["image"] else "",
-                "height": rec["height"],
-                "width": rec["width"],
+        for seg in rec["segments"]:
+            if seg["class_id"] not in known:  # class removed after this image was exported
+                continue
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": seg["class_id"],
+                "segmentation": seg["segmentation"],
+                "area": seg["area"],
+                "bbox": seg["bbox"],
+                "iscrowd": 0,
             })
-            for seg in rec["segments"]:
-                if seg["class_id"] not in known:  # class removed after this image was exported
-                    continue
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": seg["class_id"],
-                    "segmentation": seg["segmentation"],
-                    "area": seg["area"],
-                    "bbox": seg["bbox"],
-                    "iscrowd": 0,
-                })
-        categories = [{"id": c.id, "name": c.name, "supercategory": "object"}
-                      for c in sorted(classes, key=lambda c: c.id)]
-        return {
-            "info": {"description": "napari-wfss export: one RLE annotation per class per image",
-                     "version": "1.0"},
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": categories,
-        }
+    categories = [{"id": c.id, "name": c.name, "supercategory": "object"}
+                  for c in sorted(classes, key=lambda c: c.id)]
+    return {
+        "info": {"description": "napari-wfss export: one RLE annotation per class per image",
+                 "version": "1.0"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def export_session(

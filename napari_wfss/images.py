@@ -279,8 +279,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     an image of more than ``max_pixels`` pixels (or more than Pillow's own limit, for files Pillow reads).
     """
     p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"image not found: {p} (was it moved or deleted?)")
+    _check_file(p)
     tiff_reason = None
     if p.suffix.lower() in (".tif", ".tiff"):
         try:
@@ -296,22 +295,44 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image too large ({exc}): {p}; shrink it") from exc
     except Exception as exc:  # noqa: BLE001 - corrupt files raise anything; report it as a UserError
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = _decode_failure(exc)
         if tiff_reason:
-            reason = f"tifffile: {tiff_reason}; Pillow: {reason}"
+            reason = f"{reason}; tifffile: {tiff_reason}"
             if "imagecodecs" in tiff_reason:
                 reason += " (installing 'imagecodecs' lets tifffile decode this compression)"
-        raise ImageReadError(
-            f"cannot read image {p}: {reason}. Check that the file opens in an image viewer, "
-            "or remove it from the folder."
-        ) from exc
+        raise ImageReadError(f"{reason}: {p}; check that it opens in an image viewer, or remove it from the "
+                             "folder") from exc
+
+
+def _check_file(p: Path) -> None:
+    """Raise :class:`ImageReadError` (reason first, then the path) unless ``p`` is a non-empty file."""
+    if p.is_symlink() and not p.exists():
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        raise ImageReadError(f"broken symbolic link, or a link loop (it points to {target}): {p}; point it at an "
+                             "image file or remove it")
+    if not p.is_file():
+        raise ImageReadError(f"image not found: {p} (was it moved or deleted?)")
+    if p.stat().st_size == 0:
+        raise ImageReadError(f"empty file (0 bytes), not an image: {p}; copy it again or remove it from the folder")
+
+
+def _decode_failure(exc: Exception) -> str:
+    """Why a decoder failed, in words, without the file name the decoders repeat in their messages."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image, or its header is corrupt (no decoder recognises the file)"
+    text = str(exc)
+    if "truncated" in text:
+        return "truncated image: the file ends before its pixels do"
+    return f"corrupt image data ({type(exc).__name__}: {text})"
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """``(height, width)`` of the upright image, from the file header; equals ``read_image(path).shape[:2]``."""
     p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"image not found: {p} (was it moved or deleted?)")
+    _check_file(p)
     if p.suffix.lower() in (".tif", ".tiff"):
         try:
             import tifffile
@@ -329,7 +350,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
             w, h = im.size
             orientation = im.getexif().get(_TIFF_ORIENTATION_TAG, 1)
     except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"cannot read image {p}: {type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(f"{_decode_failure(exc)}: {p}") from exc
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
@@ -382,7 +403,7 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     except LabelMapError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"cannot read label map {p}: {type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(f"unreadable label map, {_decode_failure(exc)}: {p}") from exc
 
 
 def write_label_tiff(path: str | os.PathLike[str], label_map: np.ndarray, dtype: str = "uint8") -> None:

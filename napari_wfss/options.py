@@ -19,15 +19,22 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hhn.device_names import DEVICE_NAMES, PRECISIONS
 from hhn.errors import UserError
 
+from .atomic import atomic_write_json
+
 if TYPE_CHECKING:
     from hhn.config import DecisionRule
 
 DEVICES = DEVICE_NAMES
+#: the settings that decide a proposal besides the session (``Engine.settings``; the other options, device,
+#: precision, threads and batch size, only change the speed)
+PROPOSAL_SETTINGS = ("model", "shots", "threshold", "decision", "snap", "refine_supports")
+RECORD_FORMAT = "napari-wfss-proposal-settings"
 
 
 class OptionsError(UserError):
@@ -167,3 +174,61 @@ class ProposalOptions:
     def from_args(cls, args: argparse.Namespace) -> ProposalOptions:
         """The options of parsed :meth:`add_arguments` flags."""
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class ProposalRecord:
+    """Which settings (:data:`PROPOSAL_SETTINGS`, as ``Engine.settings`` gives them) made each image's
+    proposal; ``wfss label`` keeps it in its project folder to tell a rerun with other options.
+
+    The file is ``{"format", "version", "settings": [settings, ...], "images": {image: [index, proposal
+    time]}}``; an entry holds only while the image's proposal has that time (a proposal made since by
+    anything else, e.g. the widget, has another time, so its settings are unknown).
+    """
+
+    path: Path
+    settings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    images: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> ProposalRecord:
+        """The record in ``path``; empty when the file does not exist. A damaged file raises
+        :class:`OptionsError` naming it."""
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != RECORD_FORMAT:
+                raise ValueError(f"format is not {RECORD_FORMAT!r}")
+            settings = [dict(s) for s in data["settings"]]
+            images = {str(rel): (int(i), str(t)) for rel, (i, t) in data["images"].items()}
+            if any(not 0 <= i < len(settings) for i, _ in images.values()):
+                raise ValueError("an image names settings that are not listed")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise OptionsError(f"the record of proposal options is damaged ({exc}): {path}; delete it (the proposals "
+                               "are kept; their options count as unknown)") from exc
+        return cls(path, settings, images)
+
+    def settings_of(self, image: str, proposal_time: str | None) -> dict[str, Any] | None:
+        """The settings that made ``image``'s proposal of ``proposal_time``, None when unknown."""
+        entry = self.images.get(image)
+        if entry is None or proposal_time is None or entry[1] != proposal_time:
+            return None
+        return self.settings[entry[0]]
+
+    def note(self, image: str, settings: dict[str, Any], proposal_time: str) -> None:
+        """Record that ``settings`` made ``image``'s proposal of ``proposal_time`` (in memory: :meth:`save`)."""
+        if settings not in self.settings:
+            self.settings.append(settings)
+        self.images[image] = (self.settings.index(settings), proposal_time)
+
+    def save(self) -> None:
+        """Write the record atomically."""
+        atomic_write_json(self.path, {"format": RECORD_FORMAT, "version": 1, "settings": self.settings,
+                                      "images": {rel: list(entry) for rel, entry in self.images.items()}})
+
+
+def settings_differences(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (earlier value, value now)}`` for the settings of ``earlier`` that ``now`` changes."""
+    return {name: (earlier[name], now[name]) for name in PROPOSAL_SETTINGS
+            if name in earlier and earlier[name] != now.get(name)}

@@ -35,12 +35,13 @@ import itertools
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePath, PurePosixPath
 
-from .atomic import atomic_link_or_copy, atomic_write_text, remove_stale_temps, subfolders_leading_out
+from .atomic import atomic_copy, atomic_link_or_copy, atomic_write_text, remove_stale_temps, subfolders_leading_out
 from .classes import ClassTable, ClassTableError
 from .session_errors import ProjectInUseError, SessionError
 from .statuses import ImageState
@@ -166,6 +167,29 @@ def earlier_project_files(project: Path) -> list[Path]:
     return found + [d for d in (project / PROPOSALS_DIR, project / MASKS_DIR) if d.is_dir() and any(d.iterdir())]
 
 
+class DamagedProjectError(SessionError):
+    """project.json cannot be read or is not a project file; ``backup`` is its previous version, if kept."""
+
+    def __init__(self, project: Path, message: str) -> None:
+        super().__init__(message)
+        self.project = project
+        backup = project / PROJECT_BACKUP
+        self.backup = backup if backup.is_file() else None
+
+
+def restore_backup(project: Path) -> Path:
+    """Put the previous version of ``project``'s project.json back in place; the damaged file is kept beside
+    it (``project.json.damaged-<time>``, returned) for the user to look at, never deleted."""
+    path, backup = project / PROJECT_FILE, project / PROJECT_BACKUP
+    if not backup.is_file():
+        raise SessionError(f"no backup to restore: {backup} does not exist")
+    kept = project / f"{PROJECT_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    if path.exists():
+        os.replace(path, kept)
+    atomic_copy(backup, path)
+    return kept
+
+
 def restore_hint(project: Path) -> str:
     """How to get the project back after its project.json was lost or damaged (names the backup if any)."""
     path, backup = project / PROJECT_FILE, project / PROJECT_BACKUP
@@ -209,10 +233,10 @@ def read_project(project: Path, image_folder: str | os.PathLike[str] | None) -> 
     except FileNotFoundError as exc:
         raise _no_project(project) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SessionError(f"cannot read the project file, it is damaged ({exc}): {path}; {restore_hint(project)}"
-                           ) from exc
+        raise DamagedProjectError(project, f"cannot read the project file, it is damaged ({exc}): {path}; "
+                                           f"{restore_hint(project)}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise SessionError(f"not a napari-wfss project file: {path}; {restore_hint(project)}")
+        raise DamagedProjectError(project, f"not a napari-wfss project file: {path}; {restore_hint(project)}")
     version = data.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SessionError(

@@ -95,6 +95,9 @@ def import_tags(session: Session, path: str | os.PathLike[str]) -> TagImportRepo
             first = False
             if is_header:
                 continue
+            if len(cells) >= 2 and cells[0] and not cells[1]:
+                report.bad_rows.append((line, f"empty class name for image {cells[0]!r}; give 'image,class'"))
+                continue
             if len(cells) < 2 or not cells[0] or not cells[1]:
                 report.bad_rows.append((line, f"expected 'image,class', got {','.join(row)!r}"))
                 continue

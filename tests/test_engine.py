@@ -399,7 +399,7 @@ def test_unreadable_query_is_reported_and_the_run_goes_on(session):
     (session.image_folder / "q1.png").write_bytes(b"\x89PNG truncated")
     results = list(Engine(FakePredictor(), prior=red_prior()).propose(session))
     by_image = {r.image: r for r in results}
-    assert "cannot read image" in by_image["q1.png"].error and by_image["q1.png"].label_map is None
+    assert "not an image, or its header is corrupt" in by_image["q1.png"].error and by_image["q1.png"].label_map is None
     assert [r.image for r in results if r.stored] == ["q0.png", "q2.png", "q3.png"]
 
 

@@ -21,7 +21,7 @@ README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "w
 def test_screenshot_of_the_widget(make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch):
     from PIL import Image
     from skimage.filters import threshold_otsu
-    from skimage.morphology import binary_opening, disk
+    from skimage.morphology import disk, opening
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     viewer = make_napari_viewer_proxy(show=True)
@@ -34,7 +34,7 @@ def test_screenshot_of_the_widget(make_napari_viewer_proxy, qtbot, tmp_path, mon
     coin = s.classes.get("coin").id
     for rel in ("coin_02.png", "coin_03.png"):
         grey = s.read_image(rel).mean(axis=2)
-        mask = binary_opening(grey > threshold_otsu(grey), disk(2)).astype(np.uint8) * coin
+        mask = opening(grey > threshold_otsu(grey), disk(2)).astype(np.uint8) * coin
         s.accept(rel, label_map=mask)
     widget._fill_image_table()
     widget.show_image("coin_02.png")

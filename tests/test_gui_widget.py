@@ -459,3 +459,65 @@ def test_cancelling_a_retraining_keeps_nothing_and_the_ui_stays_usable(widget, s
     assert widget.model_edit.text() == tiny_model
     assert list((s.project_dir / MODELS_DIR).iterdir()) == []
     assert widget.propose_button.isEnabled() and widget.retrain_button.isEnabled()
+
+
+def test_every_file_of_the_bad_input_corpus_opens_or_is_named_in_a_notification(widget, tmp_path):
+    """The image cases of tests/test_bad_input_corpus.py in one folder, opened in the widget and clicked one by
+    one: readable ones are shown upright at their size, unreadable ones give one notification naming the
+    file (no traceback) and leave the image shown before."""
+    from napari.utils.notifications import notification_manager
+    from test_bad_input_corpus import IMAGE_FILES
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    readable = {}
+    for add, shape in IMAGE_FILES:
+        name = add(folder)
+        if shape is not None:
+            readable[name] = shape
+    widget.open_folder(folder)
+    listed = widget.session.images
+    assert "anim.gif" not in listed and set(readable) < set(listed)
+    shown = None
+    for rel in listed:
+        before = len(notification_manager.records)
+        widget.show_image(rel)
+        messages = [str(n.message) for n in notification_manager.records[before:]]
+        if rel in readable:
+            assert widget.current == rel and not messages, messages
+            assert widget._layer("image").data.shape[:2] == readable[rel]
+            assert _labels(widget).data.shape == readable[rel]
+            shown = rel
+        else:
+            assert widget.current == shown, rel
+            assert len(messages) == 1 and rel in messages[0] and "Traceback" not in messages[0], messages
+
+
+@pytest.mark.parametrize("answer", ["Yes", "No"])
+def test_a_damaged_project_is_offered_its_backup(widget, sample_images, monkeypatch, answer):
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtWidgets import QMessageBox
+
+    widget.open_folder(sample_images)
+    widget.add_class("coin")
+    widget.session.tag("coin_00.png", "coin")
+    widget.session.tag("coin_01.png", "coin")  # the backup holds coin_00's tag at least
+    project = widget.session.project_dir
+    widget.close_session()
+    text = (project / "project.json").read_text()
+    (project / "project.json").write_text(text[: len(text) // 2])
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or getattr(QMessageBox, answer))
+    before = len(notification_manager.records)
+    widget.open_folder(sample_images)
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert len(asked) == 1 and "project.json.bak" in asked[0]
+    damaged = list(project.glob("project.json.damaged-*"))
+    if answer == "Yes":
+        assert widget.session is not None and "coin_00.png" in widget.session.images_tagged()
+        assert len(damaged) == 1 and damaged[0].read_text() == text[: len(text) // 2]
+        assert any("restored" in m for m in messages), messages
+    else:
+        assert widget.session is None and not damaged
+        assert (project / "project.json").read_text() == text[: len(text) // 2]
+        assert any("project.json.bak" in m for m in messages), messages

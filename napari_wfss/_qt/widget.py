@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -53,6 +54,7 @@ from napari_wfss._qt.proposal_run import MODELS_THRESHOLD, ProposalRunMixin
 from napari_wfss._qt.retrain_run import RetrainRunMixin
 from napari_wfss.images import ImageReadError
 from napari_wfss.options import DEVICES
+from napari_wfss.project_store import DamagedProjectError, restore_backup
 from napari_wfss.session import (
     ACCEPTED,
     DEFAULT_PROJECT_DIRNAME,
@@ -311,6 +313,10 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
                 session = Session.open(folder)
             else:
                 session = Session.open_or_create(folder)
+        except DamagedProjectError as exc:
+            session = self._offer_backup(exc)
+            if session is None:
+                return
         except UserError as exc:
             self._report(exc)
             return
@@ -330,6 +336,26 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         self._fill_class_table()
         todo = [i for i in session.images if session.status(i) != ACCEPTED]
         self.show_image((todo or session.images)[0])
+
+    def _offer_backup(self, exc: DamagedProjectError) -> Session | None:
+        """Offer the damaged project's previous version (one save earlier); the session opened from it, or
+        None (reported) when there is none, the user declines, or it cannot be opened either."""
+        from napari.utils.notifications import show_info
+
+        if exc.backup is None or QMessageBox.question(
+                self, "Damaged project",
+                f"{exc}\n\nRestore the previous version of the project now? The damaged file is kept beside it.",
+                QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes) != QMessageBox.Yes:
+            self._report(exc)
+            return None
+        try:
+            kept = restore_backup(exc.project)
+            session = Session.open(exc.project)
+        except UserError as again:
+            self._report(again)
+            return None
+        show_info(f"project restored from its previous version; the damaged file is kept as {kept}")
+        return session
 
     def close_session(self) -> None:
         """Capture pending edits, release the project for other windows and forget the session (its files

@@ -28,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -51,6 +52,12 @@ if TYPE_CHECKING:
     from hhn.network import HHN
 
 BACKBONE_PREFIX = "backbone."
+MAX_KEYS_SHOWN = 5  #: keys named per kind of mismatch in a CheckpointMismatchError
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's tensors do not fit the model its config describes (missing, unexpected or differently
+    shaped keys); nothing is loaded. The message names the file and the first offending keys."""
 
 
 @dataclass
@@ -193,11 +200,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.suffix in TORCH_SUFFIXES:
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} not found")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure: not loadable safely
-            raise CheckpointError(f"{path} cannot be read with torch.load(weights_only=True) ({exc}); only "
-                                  "tensors and plain Python values are accepted") from exc
+        data = _load_pickle_safely(path, "convert it to safetensors where it was made, or use a .safetensors "
+                                          "checkpoint")
         config, source, metadata = parse_header(data, path)
         state = data.get("state_dict")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -214,9 +218,39 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(config, state, source, metadata, tensors)
 
 
+def _listed(title: str, keys: list[str]) -> str:
+    """``"title (n): k1, k2, ..."`` naming the first :data:`MAX_KEYS_SHOWN` keys."""
+    more = f", ... ({len(keys) - MAX_KEYS_SHOWN} more)" if len(keys) > MAX_KEYS_SHOWN else ""
+    return f"{title} ({len(keys)}): {', '.join(keys[:MAX_KEYS_SHOWN])}{more}"
+
+
+def load_weights_strictly(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike | None,
+                          with_backbone: bool = True) -> None:
+    """Load ``state_dict`` into ``model`` only if it holds exactly the model's tensors, each of the model's
+    shape; ``with_backbone`` False: exactly the tensors outside ``backbone.*`` (those keep the model's
+    values). Else raise :class:`CheckpointMismatchError` naming ``path`` (the file the tensors were read
+    from) and the first offending keys, with ``model`` untouched."""
+    own = model.state_dict()
+    expected = {k: v for k, v in own.items() if with_backbone or not k.startswith(BACKBONE_PREFIX)}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
+                if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        parts = [_listed(title, keys) for title, keys in (("missing", missing), ("unexpected", unexpected),
+                                                           ("of another shape", reshaped)) if keys]
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise CheckpointMismatchError(
+            f"checkpoint weights do not fit the {name!r} model ({'; '.join(parts)}): {path}; it was written for "
+            "another model or config: load it with the .json written beside it, or train or convert it again")
+    kept = {k: v for k, v in own.items() if k not in expected}  # the backbone, when it is not in the file
+    model.load_state_dict({**kept, **state_dict}, strict=True)
+
+
 def build_from_checkpoint(ckpt: Checkpoint, pretrained: bool = True, device: str | torch.device = "cpu",
                           cache_dir: str | os.PathLike | None = None) -> torch.nn.Module:
-    """Build the HHN of ``ckpt`` and load its weights strictly.
+    """Build the HHN of ``ckpt`` and load its weights strictly (:func:`load_weights_strictly`: a
+    checkpoint that does not fit raises :class:`CheckpointMismatchError`).
 
     Args:
         ckpt: from :func:`read_checkpoint`.
@@ -234,12 +268,7 @@ def build_from_checkpoint(ckpt: Checkpoint, pretrained: bool = True, device: str
 
     model = HHN(ckpt.config, pretrained_backbone=False)
     expect_backbone = ckpt.backbone_source == "checkpoint"
-    result = model.load_state_dict(ckpt.state_dict, strict=False)
-    missing = [k for k in result.missing_keys if expect_backbone or not k.startswith(BACKBONE_PREFIX)]
-    if missing or result.unexpected_keys:
-        parts = [f"{title} ({len(keys)}): {', '.join(keys[:10])}" + (" ..." if len(keys) > 10 else "")
-                 for title, keys in (("missing", missing), ("unexpected", result.unexpected_keys)) if keys]
-        raise CheckpointError(f"{ckpt.path}: weights do not match the {ckpt.config.name!r} model: " + "; ".join(parts))
+    load_weights_strictly(model, ckpt.state_dict, ckpt.path, with_backbone=expect_backbone)
     if not expect_backbone and pretrained:
         load_backbone_weights(ckpt.config.backbone, model.backbone, cache_dir=cache_dir)
     return model.to(select_device(device)).eval()
@@ -249,29 +278,40 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     cache_dir: str | os.PathLike | None = None) -> torch.nn.Module:
     """Read a checkpoint and return its :class:`hhn.network.HHN` in eval mode on ``device``.
 
-    See :func:`read_checkpoint` (errors) and :func:`build_from_checkpoint` (``pretrained``, ``cache_dir``).
-    A shape mismatch raises CheckpointError too (torch's message lists the tensors).
+    See :func:`read_checkpoint` (errors) and :func:`build_from_checkpoint` (``pretrained``, ``cache_dir``;
+    :class:`CheckpointMismatchError` for tensors that do not fit the config).
     """
-    ckpt = read_checkpoint(path)
-    try:
-        return build_from_checkpoint(ckpt, pretrained=pretrained, device=device, cache_dir=cache_dir)
-    except RuntimeError as exc:  # load_state_dict size mismatches
-        raise CheckpointError(f"{ckpt.path}: weights do not fit the {ckpt.config.name!r} model: {exc}") from exc
+    return build_from_checkpoint(read_checkpoint(path), pretrained=pretrained, device=device, cache_dir=cache_dir)
 
 
 # ----------------------------------------------------------------------------------------------
 # `wfss convert-tlg SRC DST`
 # ----------------------------------------------------------------------------------------------
+def _load_pickle_safely(path: Path, hint: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain values only, nothing of the file runs.
+    CheckpointError (reason first, then the path and ``hint``) for anything else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: not loadable safely
+        text = str(exc)
+        called = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        refused = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        if called:
+            reason = f"refused: unpickling it would call {called.group(1)}"
+        elif refused:
+            reason = f"refused: it holds more than tensors and plain values ({refused.group(1).strip()})"
+        else:
+            reason = f"unreadable as tensors ({type(exc).__name__}: {text.splitlines()[0][:160]})"
+        raise CheckpointError(f"{reason} (only tensors and plain values are loaded from a pickle, so nothing "
+                              f"in it runs): {path}; {hint}") from exc
+
+
 def read_tlg_state_dict(src: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load the authors' ``best_model.pt`` (a plain state dict) with ``weights_only=True``."""
     src = Path(src)
     if not src.is_file():
         raise CheckpointError(f"{src} not found; give the path of the authors' best_model.pt")
-    try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure: not a plain state dict
-        raise CheckpointError(f"{src} cannot be loaded with torch.load(weights_only=True) ({type(exc).__name__}: "
-                              f"{exc}); expected the state dict saved by the released train.py") from exc
+    state = _load_pickle_safely(src, "expected the state dict saved by the released train.py")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{src} holds a {type(state).__name__}, not a state dict of tensors "
                               "(expected torch.save(model.state_dict()) of the released train.py)")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hhn.errors import UserError
 
@@ -31,12 +31,13 @@ def check_split(split: str) -> None:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as ``uint8 (H, W, 3)`` RGB (no EXIF rotation: label maps are not rotated either)."""
+    """Read an image file as upright ``uint8 (H, W, 3)`` RGB: its EXIF orientation is applied, as viewers
+    (and napari-wfss's exports, whose masks are drawn on the upright image) show it; label maps have none."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}. Replace or remove the file.") from exc
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports a broken PNG as SyntaxError
+        raise DatasetError(f"cannot read image ({exc}): {path}; replace or remove the file") from exc
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -50,8 +51,12 @@ def read_label(path: Path) -> np.ndarray:
                 raise DatasetError(f"{path} is a {im.mode} image; label maps must be single-channel PNGs whose "
                                    "pixel values are class ids (255 = ignore). Convert it to 8-bit class ids.")
             return np.asarray(im).astype(np.int32)
-    except OSError as exc:
-        raise DatasetError(f"cannot read label map {path}: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise DatasetError(f"not a PNG label map, or its header is corrupt: {path}; export it again or remove "
+                           "it with its image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports a broken PNG as SyntaxError
+        raise DatasetError(f"cannot read label map ({exc}): {path}; export it again or remove it with its "
+                           "image") from exc
 
 
 class SegmentationDataset(ABC):

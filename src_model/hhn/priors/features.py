@@ -44,6 +44,11 @@ class BoundedCache(OrderedDict):
         self.max_items = max(1, int(max_items))
         self._lock = threading.Lock()
 
+    def __reduce__(self):
+        """Pickled empty (a cache: its entries are remade on demand), e.g. when a prepared class is shipped to
+        another process."""
+        return (type(self), (self.max_items,))
+
     def get_or_make(self, key, make):
         with self._lock:
             if key in self:
@@ -103,6 +108,16 @@ class DenseFeatures:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._model: torch.nn.Module | None = None
         self._memory = BoundedCache(memory_items)
+        self._build_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its backbone and lock (rebuilt on first use where it is unpickled)."""
+        state = self.__dict__.copy()
+        state["_model"], state["_build_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._build_lock = threading.Lock()
 
     @property
