@@ -28,11 +28,13 @@ class FeatureBank:
         names: images to encode.
         cache_file: optional ``.safetensors`` file; reused when its metadata matches, rewritten otherwise.
         progress: optional callback ``(done, total)``.
+        write_cache: False: only read ``cache_file`` (features missing from it are computed in memory), e.g.
+            on the training ranks other than the one writing the cache.
     """
 
     def __init__(self, model, dataset: SegmentationDataset, names: Iterable[str],
                  cache_file: str | Path | None = None,
-                 progress: Callable[[int, int], object] | None = None) -> None:
+                 progress: Callable[[int, int], object] | None = None, write_cache: bool = True) -> None:
         self.size = tuple(model.config.image_size)
         self.signature = {"backbone": model.config.backbone, "size": list(self.size), "version": 1}
         names = sorted(set(names))
@@ -47,7 +49,7 @@ class FeatureBank:
             self._feats[name] = [t[0].to("cpu", torch.float16) for t in model.extract_features(x)]
             if progress is not None:
                 progress(i + 1, len(missing))
-        if cache_file is not None and missing:
+        if cache_file is not None and missing and write_cache:
             self._save(cache_file)
 
     def features(self, name: str) -> list[torch.Tensor]:

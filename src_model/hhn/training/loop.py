@@ -15,6 +15,20 @@ Batches are assembled on the CPU (the banks live there) and moved to the model's
 Mixed precision (``amp=True``): the forward pass and loss run under ``torch.autocast``, float16 with a
 dynamic loss scaler on CUDA, bfloat16 elsewhere (no scaler needed); the Sinkhorn step and the fused
 GroupNorm keep float32/float64 arithmetic (see ``hhn.transport`` and ``hhn.encoder4d``).
+
+Randomness of a step: the augmentation of its B episodes (flips, support weight) is drawn from
+``np.random.default_rng([seed, step])`` in episode order, and the dropout masks of episode i from
+``np.random.default_rng([seed, step, call, i])`` (``EpisodeDropout``; ``call`` counts the dropout layers
+run in the step's forward pass), so an episode's randomness does not depend on which other episodes share
+its batch.
+
+Several processes (``torchrun``, see ``hhn.training.distributed``): with W ranks, rank r trains on the r-th
+of W equal slices of the step's B episodes (B must be divisible by W) with the randomness the single
+process would draw for them; the heads are wrapped in DistributedDataParallel (gradients averaged over the
+ranks), their BatchNorm layers synchronised (batch statistics over the whole batch), and each rank's loss
+divides its pixel sum by the mean pixel count per rank, so the averaged gradient and the logged
+(all-reduced) loss are those of the whole batch in one process. Rank 0 alone writes checkpoints and
+``log.jsonl``; every rank resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -31,9 +45,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hhn.data.base import IGNORE
 from hhn.data.episodes import Episode
+from hhn.errors import UserError
+from hhn.training import distributed
 from hhn.training.banks import FeatureBank, TargetBank
 from hhn.training.recipes import Recipe
 
@@ -75,18 +92,30 @@ EpisodePriors = Callable[[Episode], tuple[np.ndarray, np.ndarray]]
 """``episode -> (query_prior, support_prior)``, float32 maps in [0, 1] (any size; resized by the network)."""
 
 
-def make_batch(episodes: Sequence[Episode], features: FeatureBank, targets: TargetBank, priors: EpisodePriors,
-               recipe: Recipe, rng: np.random.Generator) -> Batch:
-    """Assemble one batch (first support of each episode; training is 1-shot as in the paper)."""
+Draw = tuple[bool, bool, bool]
+"""One episode's augmentation: (flip the query, flip the support, weight the support by its true mask)."""
+
+
+def draw_augmentation(n: int, recipe: Recipe, rng: np.random.Generator) -> list[Draw]:
+    """The augmentation of ``n`` episodes, drawn from ``rng`` in episode order (per episode: the two flips
+    when ``recipe.hflip``, then the support-mask choice)."""
+    draws = []
+    for _ in range(n):
+        flip_query = recipe.hflip and rng.random() < 0.5
+        flip_support = recipe.hflip and rng.random() < 0.5
+        draws.append((flip_query, flip_support, rng.random() < recipe.support_mask_prob))
+    return draws
+
+
+def assemble_batch(episodes: Sequence[Episode], draws: Sequence[Draw], features: FeatureBank, targets: TargetBank,
+                   priors: EpisodePriors) -> Batch:
+    """Stack ``episodes`` (first support of each) with their augmentation ``draws`` into a batch."""
     cols: dict[str, list] = {k: [] for k in ("qf", "sf", "qp", "sp", "sw", "qt", "st")}
-    for ep in episodes:
+    for ep, (flip_query, flip_support, use_mask) in zip(episodes, draws, strict=True):
         q, s, c = ep.query, ep.supports[0], ep.class_name
         query_prior, support_prior = priors(ep)
-        qf, qp, qt = _maybe_flip(features.features(q), query_prior, targets.target(q, c),
-                                 recipe.hflip and rng.random() < 0.5)
-        sf, sp, st = _maybe_flip(features.features(s), support_prior, targets.target(s, c),
-                                 recipe.hflip and rng.random() < 0.5)
-        use_mask = rng.random() < recipe.support_mask_prob
+        qf, qp, qt = _maybe_flip(features.features(q), query_prior, targets.target(q, c), flip_query)
+        sf, sp, st = _maybe_flip(features.features(s), support_prior, targets.target(s, c), flip_support)
         true_mask = (st == 1).astype(np.float32)
         sw = resize_like(true_mask, sp.shape) if use_mask else sp
         for key, value in zip(("qf", "sf", "qp", "sp", "sw", "qt", "st"), (qf, sf, qp, sp, sw, qt, st)):
@@ -103,20 +132,90 @@ def make_batch(episodes: Sequence[Episode], features: FeatureBank, targets: Targ
                  stack_maps(cols["qt"], torch.int64), stack_maps(cols["st"], torch.int64))
 
 
+def make_batch(episodes: Sequence[Episode], features: FeatureBank, targets: TargetBank, priors: EpisodePriors,
+               recipe: Recipe, rng: np.random.Generator) -> Batch:
+    """Assemble one batch (first support of each episode; training is 1-shot as in the paper), its
+    augmentation drawn from ``rng`` (``draw_augmentation``)."""
+    return assemble_batch(episodes, draw_augmentation(len(episodes), recipe, rng), features, targets, priors)
+
+
 def resize_like(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Area-average a binary ``(h, w)`` mask to ``shape`` (soft weights in [0, 1])."""
     t = torch.from_numpy(mask)[None, None]
     return F.adaptive_avg_pool2d(t, shape)[0, 0].numpy()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_void: bool) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_void: bool,
+                      pixels: float | None = None) -> torch.Tensor:
     """2-class pixel cross-entropy. logits (B, 2, h', w') are upsampled (bilinear, align_corners=True)
     to the target size (B, h, w). ``ignore_void``: 255 ignored; otherwise 255 counts as background
-    (the released code's behaviour)."""
+    (the released code's behaviour). The mean over the counted pixels, or with ``pixels`` their sum
+    divided by ``pixels`` (a batch split over ranks: the mean count per rank, see ``counted_pixels``)."""
     logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=True)
     if not ignore_void:
         target = torch.where(target == IGNORE, torch.zeros_like(target), target)
-    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+    if pixels is None:
+        return F.cross_entropy(logits, target, ignore_index=IGNORE)
+    return F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / pixels
+
+
+def counted_pixels(target: torch.Tensor, ignore_void: bool) -> torch.Tensor:
+    """How many pixels of ``target`` ``segmentation_loss`` averages over (float64 scalar)."""
+    if not ignore_void:
+        return torch.tensor(float(target.numel()), dtype=torch.float64, device=target.device)
+    return (target != IGNORE).sum().to(torch.float64)
+
+
+class _DropoutKey:
+    """Where the dropout masks of the running step come from: ``(seed, step, index of the batch's first
+    episode in the step)`` while a training forward pass runs, None otherwise; ``calls`` counts the dropout
+    layers run so far in the pass."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int, int] | None = None
+        self.calls = 0
+
+    def begin(self, seed: int, step: int, first: int) -> None:
+        self.key, self.calls = (seed, step, first), 0
+
+    def end(self) -> None:
+        self.key = None
+
+
+class EpisodeDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask for batch row i (episode ``first + i`` of the step) is drawn from
+    ``np.random.default_rng([seed, step, call, first + i])`` during a ``Trainer`` step: the same masks
+    whether the step's episodes run in one batch or in slices on several ranks. Outside a step (or with
+    ``p`` 0 or 1) it is ``nn.Dropout``. Has no parameters: state dicts are unchanged."""
+
+    def __init__(self, p: float, source: _DropoutKey) -> None:
+        super().__init__(p)
+        self.source = source
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Module's argument name)
+        key = self.source.key
+        if not self.training or key is None or not 0.0 < self.p < 1.0:
+            return super().forward(input)
+        seed, step, first = key
+        call, self.source.calls = self.source.calls, self.source.calls + 1
+        shape = tuple(input.shape[1:])
+        keep = np.stack([np.random.default_rng([seed, step, call, first + i]).random(shape, dtype=np.float32)
+                         >= self.p for i in range(input.shape[0])])
+        scale = torch.from_numpy(keep).to(input.device, input.dtype) / (1.0 - self.p)
+        return input * scale
+
+
+class _StepLoss(nn.Module):
+    """The loss of a batch as a module's forward, for DistributedDataParallel (which hooks ``forward``; the
+    heads run through ``HHN.forward_features``). ``model`` is registered so DDP finds the parameters."""
+
+    def __init__(self, model: nn.Module, loss: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.compute = loss
+
+    def forward(self, batch: Batch, pixels: tuple[float, float]) -> torch.Tensor:
+        return self.compute(batch, pixels)
 
 
 def trainable_parameters(model: HHN) -> list[torch.nn.Parameter]:
@@ -147,7 +246,15 @@ class Trainer:
         seed: seed of the augmentation RNG.
         log: ``str -> None`` for progress lines.
         amp: mixed precision (see the module docstring).
+
+    The dropout layers of ``model`` become ``EpisodeDropout`` (per-episode masks). Under torchrun (a process
+    group from ``hhn.training.distributed.init_from_env``) the trainer is distributed: build it on every
+    rank at the same time with the same arguments; ``sample(step)`` returns the whole step's episodes on
+    every rank, of which each rank trains on its slice; ``should_stop`` must answer alike on every rank.
+    ``log.jsonl`` gets a line every ``log_every`` steps (the mean loss of those steps) and at the end.
     """
+
+    log_every = 10
 
     def __init__(self, model, recipe: Recipe, out: str | Path, features: FeatureBank, targets: TargetBank,
                  priors: EpisodePriors, sample: Callable[[int], Sequence[Episode]], steps: int, seed: int = 0,
@@ -157,11 +264,27 @@ class Trainer:
         self.features, self.targets, self.priors, self.sample = features, targets, priors, sample
         self.steps, self.seed, self.log, self.checkpoint_every = steps, seed, log, checkpoint_every
         self.metadata = dict(metadata or {})
+        self.device = next(model.parameters()).device
+        self.world, self.rank, self.main = distributed.world(), distributed.rank(), distributed.is_main()
+        self._dropout = _DropoutKey()
+        _use_episode_dropout(model, self._dropout)
+        if self.world > 1:  # batch statistics over every rank's slice (the backbone is frozen and never run)
+            for name, child in list(model.named_children()):
+                if name != "backbone":
+                    setattr(model, name, distributed.sync_batch_norm(child, self.device))
         self.params = trainable_parameters(model)
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        self.device = next(model.parameters()).device
+        self._ddp: nn.Module | None = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: some recipes leave heads without gradient (e.g. ``paper``: HC under
+            # no_grad).
+            self._ddp = DistributedDataParallel(
+                _StepLoss(model, self.loss), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.amp = amp
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.device.type == "cuda")
@@ -178,17 +301,20 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the last checkpoint of ``out`` if there is one; returns whether it did."""
-        from hhn.checkpoints import load_state_dict_file
+        from hhn.checkpoints import BACKBONE_PREFIX, load_state_dict_file, load_weights_strictly
 
         if not (self.state_path.is_file() and self.model_path.is_file()):
             return False
-        self.model.load_state_dict(load_state_dict_file(self.model_path), strict=False)
+        saved = load_state_dict_file(self.model_path)  # without the backbone when training left it unchanged
+        load_weights_strictly(self.model, saved, self.model_path,
+                              with_backbone=any(k.startswith(BACKBONE_PREFIX) for k in saved))
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self.log(f"resumed from {self.out} at step {self.step}/{self.steps}")
+        if self.main:
+            self.log(f"resumed from {self.out} at step {self.step}/{self.steps}")
         return True
 
     def save(self) -> None:
@@ -201,56 +327,101 @@ class Trainer:
                     "scaler": self.scaler.state_dict()}, tmp)
         os.replace(tmp, self.state_path)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """The recipe's loss of one batch (float32; forward under autocast when ``amp``)."""
+    def loss(self, batch: Batch, pixels: tuple[float, float] | None = None) -> torch.Tensor:
+        """The recipe's loss of one batch (float32; forward under autocast when ``amp``). ``pixels``: the
+        (query, support) pixel counts to divide the summed cross-entropies by (see ``segmentation_loss``)."""
         r = self.recipe
+        q_pixels, s_pixels = pixels if pixels is not None else (None, None)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             q_logits, s_logits = self.model.forward_features(
                 batch.query_feats, batch.support_feats, batch.query_prior, batch.support_prior, None,
                 support_weight=batch.support_weight, with_support=r.support_loss_weight > 0)
-        loss = r.query_loss_weight * segmentation_loss(q_logits.float(), batch.query_target, r.ignore_void)
+        loss = r.query_loss_weight * segmentation_loss(q_logits.float(), batch.query_target, r.ignore_void,
+                                                       q_pixels)
         if s_logits is not None:
             loss = loss + r.support_loss_weight * segmentation_loss(s_logits.float(), batch.support_target,
-                                                                    r.ignore_void)
+                                                                    r.ignore_void, s_pixels)
         if r.norm_penalty:
             loss = loss + r.norm_penalty * sum(p.norm() for p in self.params)
         return loss
 
+    def _slice(self, n: int) -> tuple[int, int]:
+        """This rank's episodes ``[lo, hi)`` of a step's ``n``."""
+        if n % self.world:
+            raise UserError(f"the batch of {n} episodes per step cannot be split evenly over {self.world} "
+                            f"processes: use a process count that divides {n}")
+        share = n // self.world
+        return self.rank * share, (self.rank + 1) * share
+
+    def _step_loss(self, batch: Batch) -> torch.Tensor:
+        """This rank's loss of its slice: the batch loss in one process; with W ranks the pixel sums divided
+        by the mean pixel count per rank, so DDP's average of the ranks' gradients is the whole batch's."""
+        if self._ddp is None:
+            return self.loss(batch)
+        ignore = self.recipe.ignore_void
+        counts = torch.stack([counted_pixels(batch.query_target, ignore), counted_pixels(batch.support_target, ignore)])
+        per_rank = (distributed.sum_over_ranks(counts) / self.world).tolist()
+        return self._ddp(batch, (per_rank[0], per_rank[1]))
+
     def run(self, until: int | None = None, should_stop: Callable[[], bool] | None = None) -> list[float]:
         """Train from ``self.step`` to ``until`` (default: ``self.steps``; the schedule always spans
-        ``self.steps``); returns the per-step losses of this call. ``should_stop()`` is asked before every
-        step: True ends the call early (``self.step`` tells how far it got; nothing is checkpointed)."""
+        ``self.steps``); returns the per-step losses of this call (of the whole batch, on every rank).
+        ``should_stop()`` is asked before every step: True ends the call early (``self.step`` tells how far
+        it got; nothing is checkpointed)."""
         until = self.steps if until is None else min(until, self.steps)
         self.model.train()
-        losses, t0, logf = [], time.perf_counter(), (self.out / "log.jsonl").open("a", encoding="utf-8")
+        losses, t0 = [], time.perf_counter()
+        logf = (self.out / "log.jsonl").open("a", encoding="utf-8") if self.main else None
         try:
             while self.step < until and not (should_stop is not None and should_stop()):
                 # Every step's randomness (augmentation, then dropout) depends only on (seed, step): a resumed
                 # run repeats the same steps whatever else consumed random numbers before (lazy priors do).
                 rng = np.random.default_rng([self.seed, self.step])
-                batch = make_batch(self.sample(self.step), self.features, self.targets, self.priors, self.recipe,
-                                   rng).to(self.device)
+                episodes = list(self.sample(self.step))
+                draws = draw_augmentation(len(episodes), self.recipe, rng)
                 torch.manual_seed(int(rng.integers(2**62)))
+                lo, hi = self._slice(len(episodes))
+                batch = assemble_batch(episodes[lo:hi], draws[lo:hi], self.features, self.targets,
+                                       self.priors).to(self.device)
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(self.recipe, self.step, self.steps)
-                loss = self.loss(batch)
+                self._dropout.begin(self.seed, self.step, lo)
+                try:
+                    loss = self._step_loss(batch)
+                finally:
+                    self._dropout.end()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.step += 1
-                losses.append(float(loss.detach()))
-                if self.step % 10 == 0 or self.step == self.steps:
+                if self.world > 1:
+                    losses.append(float(distributed.sum_over_ranks(loss) / self.world))
+                else:
+                    losses.append(float(loss.detach()))
+                if self.main and (self.step % self.log_every == 0 or self.step == self.steps):
                     spent = time.perf_counter() - t0
                     per_step = spent / len(losses)
-                    recent = float(np.mean(losses[-10:]))
+                    recent = float(np.mean(losses[-self.log_every:]))
                     self.log(f"step {self.step}/{self.steps}  loss {recent:.4f}  {per_step:.2f} s/step  "
                              f"eta {per_step * (self.steps - self.step) / 60:.1f} min")
+                    assert logf is not None
                     logf.write(json.dumps({"step": self.step, "loss": recent, "s_per_step": per_step}) + "\n")
                     logf.flush()
-                if self.step % self.checkpoint_every == 0 or self.step == until:
+                if self.main and (self.step % self.checkpoint_every == 0 or self.step == until):
                     self.save()
         finally:
-            logf.close()
+            if logf is not None:
+                logf.close()
             self.model.eval()
         return losses
+
+
+def _use_episode_dropout(model: nn.Module, source: _DropoutKey) -> None:
+    """Replace the ``nn.Dropout`` layers of ``model`` by ``EpisodeDropout`` layers reading ``source``."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, EpisodeDropout):
+                child.source = source
+            elif type(child) is nn.Dropout:
+                setattr(module, name, EpisodeDropout(child.p, source))

@@ -64,6 +64,11 @@ class PriorBank:
         mask = self.dataset.load_label(name) == self.dataset.class_id(class_name)
         return TaggedImage(image, mask.astype(np.float32))
 
+    def share(self, send: Callable[[dict], dict]) -> None:
+        """Replace the maps computed so far by ``send(maps)``, e.g. rank 0's maps broadcast to every process
+        of a distributed run (in memory, float32: the ``.npz`` file holds float16)."""
+        self._maps = send(self._maps)
+
     def fill(self, pairs: Iterable[tuple[str, str]], progress: Callable[[int, int], object] | None = None) -> None:
         """Compute the priors of ``pairs`` now (so training steps never wait on them)."""
         pairs = list(pairs)
