@@ -27,9 +27,10 @@ must then lie outside ``FOLDER``. An ``OUT`` keeps the choice of its first run: 
 refused once anything is labelled (before that, the project is simply made anew). Without
 ``--recursive``, a tags row naming an image that is in a sub-folder says so.
 
-Export: ``--tiff`` adds ``masks_tiff/``; ``--link-images`` hard-links the source images into
-``images/`` instead of copying them, ``--no-images`` leaves ``images/`` out (``DatasetWriter``'s
-``images`` mode).
+Export: ``--tiff`` adds ``masks_tiff/``; ``--instances`` makes ``coco.json`` hold one annotation per
+object (connected component) of each class instead of one per class per image; ``--link-images``
+hard-links the source images into ``images/`` instead of copying them, ``--no-images`` leaves ``images/``
+out (``DatasetWriter``'s ``images`` mode).
 
 Reruns with other options: the settings that decide a proposal (``options.PROPOSAL_SETTINGS``: model,
 shots, threshold, decision rule, snap, support refinement) are recorded per image in
@@ -39,11 +40,15 @@ other settings it warns, naming them. ``--redo`` proposes those images again, an
 settings are not recorded (a run killed before saving the record, a proposal made elsewhere: only its
 model is known); edited and accepted masks are never touched.
 
-Tags: ``TAGS.csv`` has ``image,class`` rows (see :meth:`Session.import_tags_csv`). Every row must
-apply: unknown or ambiguous images and malformed rows stop the run before any work, listing the
-rows. Until an image is labelled the file may change between runs (classes no longer tagged leave
+Tags: ``TAGS.csv`` has ``image,class`` rows (see :meth:`Session.import_tags_csv`); ``image,-`` or
+``image,none`` is a negative tag (the image holds none of the classes: never proposed, a negative of every
+class, exported all background as accepted "no class present"). Every row must apply: unknown or
+ambiguous images, malformed rows and a negative and a class tag on one image stop the run before any
+work, listing the rows. Until an image is labelled the file may change between runs (classes no longer tagged leave
 the class table); once any image is labelled a rerun must give the same tags as before (else the old
-proposals would silently mix two tag sets): change tags with a new ``--out``.
+proposals would silently mix two tag sets): change tags with a new ``--out``. The summary counts the
+images with a negative tag and the labelled images the model found no class in (``--min-score``,
+:func:`napari_wfss.engine.decide_no_class`).
 
 Exit status: 0 when every image is labelled or nothing is left to do; 0 also when some images could
 not be read (they are skipped with a warning, listed in the summary, and retried by a rerun) as long
@@ -96,8 +101,10 @@ class BatchError(UserError):
 class LabelSummary:
     """What a ``wfss label`` run did.
 
-    ``labelled``: images proposed and exported by this run; ``already_done``: images finished by an
-    earlier run (skipped); ``failed``: ``(image, reason)`` for images that could not be labelled;
+    ``labelled``: images proposed and exported by this run; ``no_class_found``: those of them the model
+    found none of the classes in (exported all background); ``negative``: images with a negative tag in
+    TAGS.csv (never proposed; exported all background, accepted as "no class present"); ``already_done``:
+    images finished by an earlier run (skipped); ``failed``: ``(image, reason)`` for images that could not be labelled;
     ``skipped_files``: files of the folder that are not images (relative paths); ``unsearched``: its
     sub-folders holding images, left out because the run does not search sub-folders;
     ``compute_seconds``: model time summed over the labelled images; ``total_seconds``: the whole
@@ -111,6 +118,8 @@ class LabelSummary:
     tiff: bool = False
     images: str = "copy"
     labelled: list[str] = field(default_factory=list)
+    no_class_found: list[str] = field(default_factory=list)
+    negative: int = 0
     already_done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)
@@ -129,6 +138,12 @@ class LabelSummary:
         """The end-of-run report."""
         n = len(self.labelled)
         lines = [f"labelled {n} image(s), {self.already_done} already done, {len(self.failed)} failed"]
+        if self.no_class_found:
+            lines.append(f"{len(self.no_class_found)} image(s) with no class found (their masks are all background): "
+                         + ", ".join(capped(self.no_class_found)))
+        if self.negative:
+            lines.append(f"{self.negative} image(s) with a negative tag exported as all background (accepted: no "
+                         "class present)")
         if n:
             lines.append(f"time: {self.total_seconds / n:.2f} s/image overall, {self.compute_seconds / n:.2f} s/image "
                          f"model compute ({self.total_seconds:.1f} s in all, including model loading and supports)")
@@ -153,7 +168,8 @@ class LabelSummary:
 
     def as_json(self) -> dict[str, Any]:
         """The summary for scripts (``wfss label --json``): what :meth:`text` says, as one JSON object."""
-        return {"labelled": self.labelled, "already_done": self.already_done,
+        return {"labelled": self.labelled, "no_class_found": self.no_class_found, "negative": self.negative,
+                "already_done": self.already_done,
                 "failed": [{"image": image, "reason": reason} for image, reason in self.failed],
                 "skipped_files": self.skipped_files, "unsearched": self.unsearched, "warnings": self.warnings,
                 "out": str(self.out_dir), "merged": self.merged,
@@ -194,34 +210,36 @@ def _open_project(folder: Path, out: Path, recursive: bool) -> Session:
     return Session.create(folder, project, recursive=recursive)
 
 
-def _tag_snapshot(session: Session) -> dict[str, frozenset[str]]:
-    return {rel: frozenset(session.tags_of(rel)) for rel in session.images}
+def _tag_snapshot(session: Session) -> dict[str, tuple[frozenset[str], bool]]:
+    """Per image: its class tags and whether it has a negative tag."""
+    return {rel: (frozenset(session.tags_of(rel)), session.info(rel).no_class) for rel in session.images}
 
 
 def _apply_tags(session: Session, tags_csv: Path) -> None:
     """Make the session's tags exactly those of ``tags_csv`` (checks in the module doc), then save."""
     before = _tag_snapshot(session)
-    started = bool(session.images_with_status(PROPOSED, EDITED, ACCEPTED))
+    started = any(session.mask_file(rel) is not None for rel in session.images)  # a proposal or a user mask
     session.autosave = False  # nothing reaches disk unless every check passes
     for rel in session.images:
         session.set_tags(rel, [])
+        session.set_no_class(rel, False)
     report = session.import_tags_csv(tags_csv)
     if not report.ok:
         raise BatchError(f"{len(report.problems)} row(s) of {tags_csv} cannot be applied; fix them and rerun "
                          "(nothing was labelled):\n  " + "\n  ".join(capped(report.problems))
                          + _subfolder_hint(session, [name for _, name in report.unknown_images]))
     after = _tag_snapshot(session)
-    if not any(after.values()):
-        raise BatchError(f"{tags_csv} tags no image; give 'image,class' rows (e.g. 'cat_01.jpg,cat')")
+    if not any(tags for tags, _ in after.values()):
+        raise BatchError(f"{tags_csv} tags no image with a class; give 'image,class' rows (e.g. 'cat_01.jpg,cat')")
     if started and after != before:
-        changed = sorted(rel for rel in after if after[rel] != before.get(rel, frozenset()))
+        changed = sorted(rel for rel in after if after[rel] != before.get(rel, (frozenset(), False)))
         raise BatchError(f"{tags_csv} gives other tags than the run already in {session.project_dir.parent} "
                          f"(changed: {', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}); "
                          "use a new --out to label with the new tags")
     session.autosave = True
     session.save()
     if not started:  # classes of an earlier, corrected tags file (e.g. a typo) leave the class table
-        used = set().union(*after.values())
+        used = set().union(*(tags for tags, _ in after.values()))
         for name in [c.name for c in session.classes if c.name not in used]:
             session.remove_class(name)
 
@@ -315,6 +333,7 @@ class _Flags:
     images: str
     redo: bool
     shard: tuple[int, int] | None = None
+    instances: bool = False
 
 
 def label_folder(
@@ -325,6 +344,7 @@ def label_folder(
     *,
     tiff: bool = False,
     images: str = "copy",
+    instances: bool = False,
     recursive: bool = False,
     redo: bool = False,
     log: TextIO | None = None,
@@ -337,6 +357,7 @@ def label_folder(
 
     ``engine`` proposes; ``tiff`` adds ``masks_tiff/``; ``images``: ``"copy"`` the sources into
     ``images/``, ``"link"`` them (hard links where possible) or ``"none"`` (no ``images/``);
+    ``instances``: one COCO annotation per connected component of each class (``DatasetWriter``);
     ``recursive`` searches the sub-folders of ``folder`` too; ``redo`` proposes again the images whose
     proposal is still unreviewed and was made with other options (or unrecorded ones; module doc);
     ``log`` receives the status lines and the progress bar (default stderr);
@@ -380,8 +401,8 @@ def label_folder(
                 session.max_pixels = max_pixels
                 if shard is not None:
                     mark_shard(out, folder, *shard, complete=False)
-                summary = _label_locked(session, tags_csv, out, engine, _Flags(tiff, images, redo, shard), log,
-                                        progress, started, runner)
+                flags = _Flags(tiff, images, redo, shard, instances)
+                summary = _label_locked(session, tags_csv, out, engine, flags, log, progress, started, runner)
                 if shard is not None:
                     mark_shard(out, folder, *shard, complete=True)
         finally:
@@ -455,7 +476,7 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, f
     if engine.untrained:
         print(f"wfss label: model {engine.model_name}: the heads are UNTRAINED (random); proposals only "
               "exercise the pipeline", file=log)
-    writer = DatasetWriter(session, out, tiff=flags.tiff, images=flags.images)
+    writer = DatasetWriter(session, out, tiff=flags.tiff, images=flags.images, instances=flags.instances)
     finished = session.images_with_status(PROPOSED, EDITED, ACCEPTED)
     for rel in finished:  # a run killed after saving a proposal but before exporting it
         writer.write_image(rel)
@@ -467,10 +488,12 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, f
     if flags.shard is not None:
         queries = {rel for rel in queries if in_shard(rel, *flags.shard)}
     plan = plan_run(session, [rel for rel in session.images if rel in queries], shots=engine.shots)
-    summary.already_done = len(finished) - len(redo)
+    summary.negative = len(session.images_no_class())
+    summary.already_done = len(finished) - summary.negative - len(redo)
     tagged = len(session.images_tagged())
     again = f" ({len(redo)} of them proposed again: --redo)" if redo else ""
-    print(f"wfss label: {len(session)} images: {tagged} tagged, {summary.already_done} already done, "
+    print(f"wfss label: {len(session)} images: {tagged} tagged, {summary.negative} tagged as holding no class, "
+          f"{summary.already_done} already done, "
           f"{len(plan.queries)} to label{again}; classes: {', '.join(c.name for c in plan.classes)}", file=log)
     if warning and not flags.redo:
         print(f"wfss label: warning: {warning}", file=log)
@@ -486,6 +509,8 @@ def _label_locked(session: Session, tags_csv: Path, out: Path, engine: Engine, f
                     writer.write_image(result.image)
                     record.note(result.image, settings, session.info(result.image).proposal_time or "")
                     summary.labelled.append(result.image)
+                    if result.no_class:
+                        summary.no_class_found.append(result.image)
                     summary.compute_seconds += result.seconds
                 else:
                     summary.failed.append((result.image, result.error))
@@ -512,8 +537,8 @@ def run_label_cli(args) -> int:
 
             runner = stack.enter_context(DaskRunner(args.dask))
         summary = label_folder(args.folder, args.tags, args.out, engine, tiff=args.tiff, images=args.images,
-                               recursive=args.recursive, redo=args.redo, max_pixels=round(args.max_megapixels * 1e6),
-                               shard=shard, runner=runner)
+                               instances=args.instances, recursive=args.recursive, redo=args.redo,
+                               max_pixels=round(args.max_megapixels * 1e6), shard=shard, runner=runner)
     if args.json:
         print(summary.text(), file=sys.stderr)
         print(json.dumps(summary.as_json()))

@@ -31,6 +31,7 @@ MAX_CLASS_ID = 254
 BACKGROUND_COLOR = (0, 0, 0)
 IGNORE_COLOR = (128, 128, 128)
 RESERVED_NAMES = ("background", "ignore")
+NEGATIVE_TAG_NAMES = ("-", "none")  #: class cells (case-folded) that make a negative tag in a tags file
 MAX_NAME_LENGTH = 64
 FORBIDDEN_NAME_CHARS = ",#[("
 
@@ -61,7 +62,7 @@ def normalize_class_name(name: str) -> str:
     Invalid: empty, longer than :data:`MAX_NAME_LENGTH`, containing a control character or one of
     :data:`FORBIDDEN_NAME_CHARS` (``,`` separates CSV cells; in ``classes.txt`` ``#`` starts a comment
     and ``[`` / ``(`` start an annotation after the name, as in MSRC's file), or a reserved name
-    (``background``, ``ignore``).
+    (``background``, ``ignore``, and :data:`NEGATIVE_TAG_NAMES`).
     """
     if not isinstance(name, str):
         raise ClassTableError(f"a class name must be text, got {type(name).__name__}")
@@ -80,6 +81,9 @@ def normalize_class_name(name: str) -> str:
         raise ClassTableError(
             f"{clean!r} is reserved (id {BACKGROUND_ID} = background, {IGNORE_ID} = ignore); choose another name"
         )
+    if clean.casefold() in NEGATIVE_TAG_NAMES:
+        raise ClassTableError(f"{clean!r} is reserved: in a tags file it marks an image holding none of the "
+                              "classes; choose another name")
     return clean
 
 

@@ -60,6 +60,9 @@ def package_version() -> str:
 def _add_label_output(p: argparse.ArgumentParser) -> None:
     """``wfss label``'s flags for what the run writes and prints, and which images it takes."""
     p.add_argument("--tiff", action="store_true", help="also write TIFF label maps (masks_tiff/)")
+    p.add_argument("--instances", action="store_true",
+                   help="coco.json gets one annotation per object (connected component, 8-connected) of each class "
+                        "instead of one per class per image")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--link-images", dest="images", action="store_const", const="link", default="copy",
                         help="hard-link the source images into OUT/images/ instead of copying them (no extra "
@@ -95,13 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "manifest.json|csv,\nand the run's state in OUT/.wfss-project (FOLDER is never "
                               "written). Rerun the same command to resume.\nA rerun with other proposal "
                               "options keeps the earlier proposals and says so: add --redo to propose them again.\n"
-                              "--json: one object on stdout {labelled, already_done, failed: [{image, reason}], "
-                              "skipped_files,\nwarnings, out, model, untrained, exit_code, seconds, "
-                              "compute_seconds}; nothing on stdout for bad input (exit 2).\n"
+                              "TAGS.csv: 'image,-' or 'image,none' says an image holds none of the classes (never "
+                              "proposed, a negative\nof every class, exported all background).\n"
+                              "--json: one object on stdout {labelled, no_class_found, negative, already_done, "
+                              "failed: [{image, reason}],\nskipped_files, warnings, out, model, untrained, exit_code, "
+                              "seconds, compute_seconds}; nothing on stdout for bad input (exit 2).\n"
                               "exit status: 0 done (unreadable images are skipped with a warning); 1 no image "
                               "could be labelled;\n2 bad input (message says what to fix); 130 interrupted.")
     p.add_argument("folder", help="folder of images")
-    p.add_argument("--tags", required=True, help="CSV with 'image,class' rows (an image may have several rows)")
+    p.add_argument("--tags", required=True, help="CSV with 'image,class' rows (an image may have several rows; "
+                                                 "'image,-' or 'image,none': it holds none of the classes)")
     p.add_argument("--out", required=True, help="output folder (project state + export); rerun to resume")
     ProposalOptions.add_arguments(p)
     _add_label_output(p)

@@ -5,10 +5,12 @@ One run (:meth:`Engine.propose`):
 1. **Plan** (:func:`plan_run`, no torch). The classes in play are those with at least one image
    tagged with them or one user mask (edited or accepted) painting them. Per class ``c``:
    *positives* = images tagged ``c`` or whose user mask paints ``c``; *negatives* = the other
-   tagged or masked images; *supports* = up to ``shots`` positives, user masks painting ``c`` first
+   tagged or masked images, among them every image with a negative tag (``Session.set_no_class``) and
+   every user mask painting no class; *supports* = up to ``shots`` positives, user masks painting ``c`` first
    (accepted before edited), then tagged images, each group in session order. Queries default to
    the images with no tag, no proposal and no user mask; an explicit list may name any image, but
-   edited and accepted images are always left out (a proposal never replaces the user's work).
+   edited and accepted images (negative tags included) are always left out (a proposal never replaces
+   the user's work).
 2. **Supports, once per class**, through the model library's one few-shot pipeline
    (``hhn.pipeline.FewShotPipeline.fit``): the class's tag prior is fitted on its positives and
    negatives (positives the user painted ``c`` in carry ``user mask == c``, which the prior trusts);
@@ -28,9 +30,16 @@ One run (:meth:`Engine.propose`):
    keep two cores busy; two queries do); results still come out in plan order, and a query's result
    does not depend on the thread count. Then everything held for the query is dropped
    (``FewShotPipeline.forget_image``), so memory stays flat over any number of images. With
-   ``store=True`` each ``batch_size`` results are stored with ``Session.set_proposal`` under one
-   ``deferred_save`` (one write of ``project.json`` per batch), then yielded; with ``store=False``
+   ``store=True`` the first result is stored alone (so a progress bar moves after the first image),
+   then each ``batch_size`` results, with ``Session.set_proposal`` under one ``deferred_save`` (one
+   write of ``project.json`` per batch), then yielded; with ``store=False``
    (the widget's child process: the widget stores them) each result is yielded as soon as it is done.
+
+4. **No class present?** Per image, a class whose score (the mean ``fg_prob`` over the pixels it
+   was given) is below ``min_score`` is judged absent: its pixels become background
+   (:func:`decide_no_class`). An image left with no class (also one whose map was empty already) is
+   "no class found": ``ProposalResult.no_class``. Off by default (``options.DEFAULT_MIN_SCORE`` = 0,
+   measured with ``benchmarks/empty_decision.py``: see :mod:`napari_wfss.options`).
 
 Cancellation: ``should_stop()`` is asked before each class's support preparation and before each
 query image; once it returns True the images already started are finished, stored and yielded, and
@@ -58,7 +67,7 @@ from hhn.errors import UserError
 
 from .classes import BACKGROUND_ID
 from .images import ImageReadError, read_image
-from .options import ProposalOptions, check_run_numbers
+from .options import DEFAULT_MIN_SCORE, ProposalOptions, check_run_numbers
 from .session import ACCEPTED, EDITED, PROPOSED, REJECTED, UNTAGGED, Session
 
 if TYPE_CHECKING:
@@ -122,7 +131,7 @@ def plan_run(session: Session, images: Sequence[str] | None = None, shots: int =
     if shots < 1:
         raise EngineError(f"shots must be at least 1, got {shots}")
     with session.lock:
-        present: dict[str, set[int]] = {}  # image -> class ids it shows (tags and user-mask classes)
+        present: dict[str, set[int]] = {}  # image -> class ids it shows (tags and user-mask classes; none: a negative)
         painted: dict[str, set[int]] = {}  # image -> class ids of its user mask
         accepted: set[str] = set()
         ids_by_name = {c.name: c.id for c in session.classes}
@@ -134,9 +143,9 @@ def plan_run(session: Session, images: Sequence[str] | None = None, shots: int =
                 ids |= painted[rel]
                 if info.status == ACCEPTED:
                     accepted.add(rel)
-            if ids:
+            if ids or rel in painted or info.no_class:
                 present[rel] = ids
-        if not present:
+        if not any(present.values()):
             raise EngineError("no image is tagged: tag at least one image with a class (or accept a mask) "
                               "before proposing")
         plans = []
@@ -173,7 +182,9 @@ class ProposalResult:
     image's share of the run's time, not its own latency). ``stored``: whether the session now
     holds it as the proposal (False without ``store``, or when a user mask appeared meanwhile).
     ``error``: why the image has no label map (it could not be read) or was not stored. ``model``: the
-    name of the model that proposed it, stored with the proposal (``Engine.model_name``).
+    name of the model that proposed it, stored with the proposal (``Engine.model_name``). ``no_class``: the
+    image-level decision (:func:`decide_no_class`) found none of the classes in the image: ``label_map`` is
+    all background, ``scores`` empty.
     """
 
     image: str
@@ -185,6 +196,7 @@ class ProposalResult:
     stored: bool = False
     error: str | None = None
     model: str = ""
+    no_class: bool = False
 
 
 class _Resolver:
@@ -250,6 +262,21 @@ def store_proposals(session: Session, results: Sequence[ProposalResult]) -> None
                     result.error = USER_MASK_KEPT
 
 
+def decide_no_class(result: ProposalResult, min_score: float, classes: Sequence[ClassPlan]) -> None:
+    """The image-level decision (module doc, step 4), in place: every class of ``classes`` whose score in
+    ``result.scores`` (mean ``fg_prob`` over its pixels, in ``[0, 1]``) is below ``min_score`` leaves the
+    label map (its pixels become background), ``scores`` and ``fractions`` (0); ``no_class`` is set when no
+    class is left. A result without a label map is left as it is."""
+    if result.label_map is None:
+        return
+    for c in classes:
+        if result.scores.get(c.name, 1.0) < min_score:
+            result.label_map[result.label_map == c.id] = BACKGROUND_ID
+            del result.scores[c.name]
+            result.fractions[c.name] = 0.0
+    result.no_class = not result.scores
+
+
 def _summarise(label_map: np.ndarray, best_prob: np.ndarray, classes: Sequence[ClassPlan]) -> tuple[dict, dict]:
     """(scores, fractions) of a resolved map; see :class:`ProposalResult`."""
     scores, fractions = {}, {}
@@ -294,7 +321,7 @@ class Engine:
             pipeline), an ``hhn.network.HHN`` instance, or a ready ``hhn.predictor.Predictor``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (``hhn.device.select_device``).
         shots: at most this many support images per class.
-        batch_size: results stored per ``project.json`` write.
+        batch_size: results stored per ``project.json`` write (the first result is stored alone).
         threshold: background where the best class's ``fg_prob`` is below it: None (the rule's) or a
             value in ``[0, 1]``, as :mod:`napari_wfss.options` defines it (a ready ``Predictor`` keeps its
             rule; only the per-pixel decision uses it).
@@ -307,6 +334,8 @@ class Engine:
             (default) follows the rule (``DecisionRule.refine_supports``; the default model's: no).
         precision: ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"`` or
             ``"bfloat16"``: the network's compute precision (``hhn.device.inference_dtype``).
+        min_score: in each image, a class scoring below it is judged absent (module doc, step 4); 0 keeps
+            every class.
         threads: CPU cores a run uses: on the CPU this many queries are computed side by side, each on
             one torch thread (torch's thread count is set to 1 during a run and restored after); None
             (default): torch's thread count. On CUDA / MPS queries go one at a time.
@@ -330,8 +359,9 @@ class Engine:
         refine_supports: bool | None = None,
         precision: str = "auto",
         threads: int | None = None,
+        min_score: float = DEFAULT_MIN_SCORE,
     ) -> None:
-        check_run_numbers(shots, batch_size, threshold)
+        check_run_numbers(shots, batch_size, threshold, min_score)
         if threads is not None and threads < 1:
             raise EngineError(f"threads must be at least 1, got {threads}")
         self.model_spec = model
@@ -344,6 +374,7 @@ class Engine:
         self._refine_supports = None if refine_supports is None else bool(refine_supports)
         self._precision = precision
         self.threads = threads
+        self.min_score = float(min_score)
         self._prior = prior
         self._model_name = model_name
         self._pipeline: FewShotPipeline | None = None
@@ -386,7 +417,7 @@ class Engine:
         rule = self._decision
         return {"model": self.model_name, "shots": self.shots, "threshold": self._threshold,
                 "decision": None if rule is None else dataclasses.asdict(rule), "snap": self._snap,
-                "refine_supports": self._refine_supports}
+                "refine_supports": self._refine_supports, "min_score": self.min_score}
 
     def load(self) -> Predictor:
         """Build the model and its predictor now (else done by the first run); returns the predictor."""
@@ -479,19 +510,27 @@ class Engine:
         learnt = LearntClasses(plan.classes, tuple(prepared), self.threshold, self.model_name)
         results = (runner.stream(session, learnt, plan.queries, should_stop) if runner is not None
                    else self._stream(session, learnt, plan.queries, should_stop))
+        results = self._decided(results, plan.classes)
         if not store:  # nothing to write: each result as soon as it is done (the widget shows them so)
             yield from results
             return
         batch: list[ProposalResult] = []
+        size = 1  # the first result alone: the caller hears of the first image at once
         for result in results:
             batch.append(result)
-            if len(batch) == self.batch_size:
+            if len(batch) == size:
                 store_proposals(session, batch)
                 yield from batch
-                batch = []
+                batch, size = [], self.batch_size
         if batch:
             store_proposals(session, batch)
             yield from batch
+
+    def _decided(self, results: Iterator[ProposalResult], classes: Sequence[ClassPlan]) -> Iterator[ProposalResult]:
+        """``results`` after the image-level decision (:func:`decide_no_class` at ``min_score``)."""
+        for result in results:
+            decide_no_class(result, self.min_score, classes)
+            yield result
 
     def _workers(self) -> int:
         """Queries computed side by side: ``threads`` (default torch's thread count) on the CPU, else 1."""

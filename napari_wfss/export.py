@@ -10,13 +10,20 @@ Layout of ``OUT`` (the generic folder layout of ``../shared/data/msrc_v2``)::
     masks_tiff/<key>.tif    (``tiff=True``) the same ids as a TIFF (uint8 or uint16)
     classes.txt             ``id name`` per class (header comment says 0 = background, 255 = ignore)
     classes.json            {"background": 0, "ignore": 255, "classes": [{"id", "name", "color"}]}
-    coco.json               COCO with one RLE annotation per class per image (``iscrowd`` 0,
-                            compressed RLE counts as strings; image ``file_name`` relative to images/)
-    manifest.json / .csv    per image: source, status, tags, classes, model, times, files
+    coco.json               COCO with one RLE annotation per class per image, or with ``instances`` one
+                            per connected component (8-connected) of each class (``iscrowd`` 0,
+                            compressed RLE counts as strings; image ``file_name`` relative to images/;
+                            each image's ``wfss_status`` and ``wfss_reviewed``: accepted or edited)
+    manifest.json / .csv    per image: source, status, tags, classes, model, times, files, no_class
     .wfss-export/<key>.json per-image records the index files are built from (incremental export)
 
 ``<key>`` is the session's image key, so an image and its mask share a stem. Ignore (255) pixels are
 not part of any COCO annotation.
+
+An image with a negative tag (``image,-`` or ``image,none`` in the tags CSV: it holds none of the classes)
+is exported as accepted "no class present": its mask all background (or the user's mask without classes),
+no COCO annotation, and ``no_class`` true in the manifest (empty ``tags``). An image the model found no
+class in (``ProposalResult.no_class``) is a proposal like any other: status proposed, mask all background.
 
 The records decide which files an export later replaces or deletes, so a record is trusted only if it
 names this layout's files: its key is a safe image key (``project_store.check_key``), it is stored as
@@ -69,12 +76,13 @@ if TYPE_CHECKING:
 DEFAULT_EXPORT_STATUSES = (ACCEPTED, EDITED, PROPOSED)
 IMAGE_MODES = ("copy", "link", "none")
 IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR = "images", "masks", "masks_tiff", ".wfss-export"
+INSTANCES = "instances"  #: in a record's options: its COCO segments are per connected component
 RECORD_VERSION = 1
 _FILE_FOLDERS = {"mask": MASKS_DIR, "image": IMAGES_DIR, "tiff": TIFF_DIR}  # a record's files: where each lives
 _COPY_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST_FIELDS = (
     "key", "source", "source_path", "status", "tags", "classes", "model", "proposal_time", "mask_time",
-    "accepted_time", "width", "height", "image", "mask", "tiff",
+    "accepted_time", "width", "height", "image", "mask", "tiff", "no_class",
 )
 
 
@@ -93,16 +101,34 @@ def copy_is_faithful(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def coco_segments(label_map: np.ndarray) -> list[dict]:
-    """One COCO RLE segment per class id present in ``label_map`` (``(H, W)`` ids; 0 and 255 skipped).
+def _instance_masks(label_map: np.ndarray, ids: list[int], instances: bool) -> tuple[list[int], list[np.ndarray]]:
+    """Class ids and their ``bool (H, W)`` masks, as two lists: one per class of ``ids``, or with ``instances``
+    one per connected component (8-connected, ``skimage.measure.label``) of each class, in label order."""
+    if not instances:
+        return ids, [label_map == i for i in ids]
+    from skimage.measure import label
+
+    out_ids, masks = [], []
+    for cid in ids:
+        components = label(label_map == cid, connectivity=2)
+        for n in range(1, int(components.max()) + 1):
+            out_ids.append(cid)
+            masks.append(components == n)
+    return out_ids, masks
+
+
+def coco_segments(label_map: np.ndarray, instances: bool = False) -> list[dict]:
+    """One COCO RLE segment per class id present in ``label_map`` (``(H, W)`` ids; 0 and 255 skipped), or with
+    ``instances`` one per connected component of each class (8-connected: each object its own annotation).
 
     Returns ``[{"class_id", "segmentation": {"size": [H, W], "counts": str}, "area": int,
-    "bbox": [x, y, w, h]}]`` sorted by class id.
+    "bbox": [x, y, w, h]}]`` sorted by class id (a class's components in raster order of their first pixel).
     """
     ids = [int(v) for v in np.unique(label_map) if v not in (BACKGROUND_ID, IGNORE_ID)]
     if not ids:
         return []
-    stack = np.asfortranarray(np.stack([label_map == i for i in ids], axis=-1).astype(np.uint8))
+    ids, masks = _instance_masks(label_map, ids, instances)
+    stack = np.asfortranarray(np.stack(masks, axis=-1).astype(np.uint8))
     rles = mask_utils.encode(stack)
     areas = mask_utils.area(rles)
     boxes = mask_utils.toBbox(rles)
@@ -175,8 +201,9 @@ class DatasetWriter:
 
     ``tiff`` adds ``masks_tiff/<key>.tif`` of ``tiff_dtype`` (``"uint8"`` or ``"uint16"``). ``images``
     is ``"copy"`` (default), ``"link"`` (hard links where possible, for faithful files) or ``"none"``
-    (no ``images/``: the folder is then not a training dataset by itself). Records already in
-    ``out_dir`` are loaded, so a writer resumes an earlier export.
+    (no ``images/``: the folder is then not a training dataset by itself). ``instances``: one COCO
+    annotation per connected component of each class instead of one per class (:func:`coco_segments`).
+    Records already in ``out_dir`` are loaded, so a writer resumes an earlier export.
     """
 
     def __init__(
@@ -187,6 +214,7 @@ class DatasetWriter:
         tiff: bool = False,
         tiff_dtype: str = "uint8",
         images: str = "copy",
+        instances: bool = False,
     ) -> None:
         if images not in IMAGE_MODES:
             raise ValueError(f"images must be one of {IMAGE_MODES}, not {images!r}")
@@ -194,7 +222,7 @@ class DatasetWriter:
             raise ValueError(f"tiff_dtype must be 'uint8' or 'uint16', not {tiff_dtype!r}")
         self.session = session
         self.out_dir = Path(out_dir).expanduser().resolve()
-        self.tiff, self.tiff_dtype, self.images = tiff, tiff_dtype, images
+        self.tiff, self.tiff_dtype, self.images, self.instances = tiff, tiff_dtype, images, instances
         self._records: dict[str, dict] = {}
         leading_out = subfolders_leading_out(self.out_dir, (IMAGES_DIR, MASKS_DIR, TIFF_DIR, RECORDS_DIR))
         if leading_out:
@@ -212,10 +240,10 @@ class DatasetWriter:
         s = self.session
         info = s.info(image)
         mask_file = s.mask_file(image)
-        if mask_file is None:
+        if mask_file is None and not info.no_class:
             raise SessionError(f"nothing to export for {info.path}: it has no proposal or mask")
         st = s.image_path(image).stat()
-        return {
+        return {**({"no_class": True} if info.no_class else {}),  # only then: earlier records stay equal
             "source": info.path,
             "status": info.status,
             "tags": list(info.tags),
@@ -224,10 +252,10 @@ class DatasetWriter:
             "proposal_time": info.proposal_time,
             "mask_time": info.mask_time,
             "accepted_time": info.accepted_time,
-            "mask_sha1": _sha1(mask_file.read_bytes()),
+            "mask_sha1": _sha1(mask_file.read_bytes()) if mask_file else None,
             "source_stat": [st.st_size, st.st_mtime_ns],
             "palette_sha1": _sha1(s.classes.palette()),
-            "options": [self.tiff, self.tiff_dtype, self.images],
+            "options": [self.tiff, self.tiff_dtype, self.images] + [INSTANCES] * self.instances,
         }
 
     def _files_exist(self, rec: dict) -> bool:
@@ -267,7 +295,7 @@ class DatasetWriter:
             "files": files,
             "height": int(label_map.shape[0]),
             "width": int(label_map.shape[1]),
-            "segments": coco_segments(label_map),
+            "segments": coco_segments(label_map, self.instances),
         }
         atomic_write_json(self.out_dir / RECORDS_DIR / f"{key}.json", rec)
         self._records[key] = rec
@@ -351,7 +379,8 @@ def _manifest_row(rec: dict, image_folder: Path) -> dict:
     row = {k: m[k] for k in ("source", "status", "tags", "classes", "model", "proposal_time",
                              "mask_time", "accepted_time")}
     row.update(key=rec["key"], source_path=str(image_folder / m["source"]), width=rec["width"],
-               height=rec["height"], image=f["image"], mask=f["mask"], tiff=f["tiff"])
+               height=rec["height"], image=f["image"], mask=f["mask"], tiff=f["tiff"],
+               no_class=m.get("no_class", False))
     return {k: row[k] for k in MANIFEST_FIELDS}
 
 
@@ -365,6 +394,8 @@ def _coco(records: list[dict], classes: ClassTable) -> dict:
             "file_name": Path(rec["files"]["image"]).name if rec["files"]["image"] else "",
             "height": rec["height"],
             "width": rec["width"],
+            "wfss_status": rec["meta"]["status"],  # accepted / edited: reviewed by a person; proposed: not
+            "wfss_reviewed": rec["meta"]["status"] in (ACCEPTED, EDITED),
         })
         for seg in rec["segments"]:
             if seg["class_id"] not in known:  # class removed after this image was exported
@@ -380,8 +411,10 @@ def _coco(records: list[dict], classes: ClassTable) -> dict:
             })
     categories = [{"id": c.id, "name": c.name, "supercategory": "object"}
                   for c in sorted(classes, key=lambda c: c.id)]
+    per_object = any(INSTANCES in rec["meta"]["options"] for rec in records)
     return {
-        "info": {"description": "napari-wfss export: one RLE annotation per class per image",
+        "info": {"description": "napari-wfss export: one RLE annotation per "
+                                + ("connected component of each class" if per_object else "class per image"),
                  "version": "1.0"},
         "licenses": [],
         "images": images,
@@ -398,14 +431,16 @@ def export_session(
     tiff_dtype: str = "uint8",
     statuses: tuple[str, ...] = DEFAULT_EXPORT_STATUSES,
     images: str = "copy",
+    instances: bool = False,
 ) -> ExportSummary:
-    """Export every image whose status is in ``statuses`` (default accepted, edited, proposed).
+    """Export every image whose status is in ``statuses`` (default accepted, edited, proposed; accepted
+    includes the images with a negative tag, exported all background).
 
     Images already exported to ``out_dir`` and unchanged are skipped; images exported earlier that are
     no longer selected (e.g. rejected since) are removed from the export. See the module doc for the
-    layout and :class:`DatasetWriter` for ``tiff``, ``tiff_dtype`` and ``images``.
+    layout and :class:`DatasetWriter` for ``tiff``, ``tiff_dtype``, ``images`` and ``instances``.
     """
-    writer = DatasetWriter(session, out_dir, tiff=tiff, tiff_dtype=tiff_dtype, images=images)
+    writer = DatasetWriter(session, out_dir, tiff=tiff, tiff_dtype=tiff_dtype, images=images, instances=instances)
     summary = ExportSummary(writer.out_dir)
     selected = set()
     for image in session.images_with_status(*statuses):

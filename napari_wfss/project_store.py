@@ -19,10 +19,11 @@ with no ``..`` part, and ``proposals/`` and ``masks/`` must not be symbolic link
 
 ``project.json`` is UTF-8 JSON: the top-level fields indented, then one compact line per image record
 (``path``, ``key``, ``status``, ``tags`` as class names, ``proposal``, ``mask``, ``accepted``,
-``rejected``). Times are ISO 8601 UTC strings to the second. Every file is written atomically
-(:mod:`napari_wfss.atomic`). Each save first keeps the file it replaces as ``project.json.bak``, so a
-project.json damaged outside napari-wfss (a full disk, a sync tool, an editor) can be restored; the error
-that reports a damaged project.json names the backup.
+``rejected``, ``no_class``: the time of the image's negative tag, or null; records written before negative
+tags existed have no ``no_class`` and read as null). Times are ISO 8601 UTC strings to the second. Every
+file is written atomically (:mod:`napari_wfss.atomic`). Each save first keeps the file it replaces as
+``project.json.bak``, so a project.json damaged outside napari-wfss (a full disk, a sync tool, an editor)
+can be restored; the error that reports a damaged project.json names the backup.
 
 One writer per project: a session that may write holds ``.project.lock`` (an operating-system file
 lock, released on close or when the process ends, even if it is killed).
@@ -275,6 +276,7 @@ def state_from_record(rec: Mapping) -> tuple[ImageState, list]:
     state.mask = rec.get("mask")
     state.accepted = rec.get("accepted")
     state.rejected = rec.get("rejected")
+    state.no_class = rec.get("no_class")
     return state, tags
 
 
@@ -288,6 +290,7 @@ def _record(state: ImageState, tags: list[str]) -> dict:
         "mask": state.mask,
         "accepted": state.accepted,
         "rejected": state.rejected,
+        "no_class": state.no_class,
     }
 
 

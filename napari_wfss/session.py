@@ -80,7 +80,9 @@ class ImageInfo:
     """A snapshot of one image's state (safe to keep; later changes do not alter it).
 
     ``classes_present`` are the class names in the current label map (the user's mask if any, else the
-    proposal). Times are ISO 8601 UTC strings.
+    proposal). ``no_class``: the image has a negative tag (it holds none of the classes; its status is then
+    accepted and, without a user mask, its label map all background; a proposal made before the tag is
+    hidden: ``proposal_*`` are None). Times are ISO 8601 UTC strings.
     """
 
     path: str
@@ -94,6 +96,7 @@ class ImageInfo:
     accepted_time: str | None
     classes_present: tuple[str, ...]
     missing: bool
+    no_class: bool = False
 
 
 class Session:
@@ -286,6 +289,11 @@ class Session:
                 self._dirty = True
             else:
                 entry.tags.add(info.id)
+        if entry.no_class and entry.tags:
+            self.warnings.append(f"{rel}: has class tags and a negative tag, which says it holds none of the "
+                                 "classes; the negative tag dropped")
+            entry.no_class = None
+            self._dirty = True
         if entry.proposal is not None and not self._file(PROPOSALS_DIR, entry).is_file():
             self.warnings.append(f"{rel}: proposal file {self._file(PROPOSALS_DIR, entry)} is missing; dropped")
             entry.drop_proposal()
@@ -457,9 +465,10 @@ class Session:
         """A snapshot of the image's state."""
         with self._lock:
             e = self._entry(image)
-            current = e.mask if e.mask is not None else e.proposal
+            hidden = e.no_class is not None and e.mask is None  # the negative tag hides a proposal
+            current = e.mask if e.mask is not None else None if hidden else e.proposal
             present = tuple(self._class_names(current["classes"])) if current else ()
-            prop = e.proposal or {}
+            prop = {} if hidden else e.proposal or {}
             return ImageInfo(
                 path=e.path,
                 key=e.key,
@@ -472,6 +481,7 @@ class Session:
                 accepted_time=e.accepted,
                 classes_present=present,
                 missing=e.missing,
+                no_class=e.no_class is not None,
             )
 
     def _class_names(self, ids: Iterable[int]) -> list[str]:
@@ -546,10 +556,12 @@ class Session:
     def tag(self, image: str | os.PathLike[str], class_name: str, *, add_class: bool = False) -> bool:
         """Declare that ``class_name`` is present in ``image``. Returns ``False`` if it already was.
 
-        An unknown class raises :class:`~napari_wfss.classes.ClassTableError` unless ``add_class``.
+        An unknown class raises :class:`~napari_wfss.classes.ClassTableError` unless ``add_class``; an image
+        with a negative tag raises :class:`SessionError` (:meth:`set_no_class`).
         """
         with self._lock:
             entry = self._entry(image)
+            self._refuse_negative(entry, class_name)
             info = self._classes.find(class_name)
             if info is None:
                 if not add_class:
@@ -573,13 +585,44 @@ class Session:
             return True
 
     def set_tags(self, image: str | os.PathLike[str], class_names: Iterable[str]) -> None:
-        """Replace the image's tags with ``class_names`` (all must be known classes)."""
+        """Replace the image's tags with ``class_names`` (all must be known classes; none on an image with a
+        negative tag, see :meth:`tag`)."""
         with self._lock:
             entry = self._entry(image)
             ids = {self._classes.get(n).id for n in class_names}
+            if ids:
+                self._refuse_negative(entry, self._classes.by_id(min(ids)).name)
             if ids != entry.tags:
                 entry.tags = ids
                 self._changed()
+
+    @staticmethod
+    def _refuse_negative(entry: ImageState, class_name: str) -> None:
+        """Raise :class:`SessionError` if ``entry`` has a negative tag (``class_name`` would contradict it)."""
+        if entry.no_class:
+            raise SessionError(f"{entry.path} has a negative tag (it holds none of the classes), so it cannot be "
+                               f"tagged {class_name!r}: remove the negative tag first")
+
+    def set_no_class(self, image: str | os.PathLike[str], value: bool = True) -> bool:
+        """Give ``image`` a negative tag (``value`` True: it holds none of the classes) or remove it. Returns
+        ``False`` if nothing changed.
+
+        With the tag the image is never proposed, counts as a negative of every class when classes are
+        learnt, and is accepted as "no class present": its label map is all background (unless the user
+        painted a mask without classes: that one). Raises :class:`SessionError` if the image has class tags
+        or a user mask painting a class.
+        """
+        with self._lock:
+            entry = self._entry(image)
+            if not entry.set_no_class(value, utc_now()):
+                return False
+            self._changed()
+            return True
+
+    def images_no_class(self) -> list[str]:
+        """Present images with a negative tag (:meth:`set_no_class`), in session order."""
+        with self._lock:
+            return [rel for rel, e in self._entries.items() if not e.missing and e.no_class]
 
     def tags_of(self, image: str | os.PathLike[str]) -> list[str]:
         """Class names the image is tagged with, in class-table order."""
@@ -599,15 +642,19 @@ class Session:
 
         ``image`` is a relative path, a file name or a file stem (if unique in the folder). A header
         row ``image,class`` is optional; blank rows and rows starting with ``#`` are skipped. Unknown
-        class names are added to the class table. Rows that cannot be applied are listed in the
-        returned report (nothing is raised for them); the good rows are applied and saved once.
+        class names are added to the class table. The class ``-`` or ``none`` (any case) is a negative tag
+        (:meth:`set_no_class`); with a class tag on the same image it makes the later row a bad one. Rows that
+        cannot be applied are listed in the returned report (nothing is raised for them); the good rows are
+        applied and saved once.
         """
         return tag_csv.import_tags(self, path)
 
     def export_tags_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write every tag as an ``image,class`` row (header included), in session and class order."""
+        """Write every tag as an ``image,class`` row (header included), in session and class order; a
+        negative tag as ``image,-``."""
         with self._lock:
-            rows = [(rel, name) for rel in self._entries for name in self.tags_of(rel)]
+            rows = [(rel, name) for rel, e in self._entries.items()
+                    for name in ([tag_csv.NEGATIVE_TAG] if e.no_class else self.tags_of(rel))]
         tag_csv.write_tags(path, rows)
 
     # ================================================================== label maps
@@ -674,18 +721,23 @@ class Session:
             return read_label_png(self._file(MASKS_DIR, entry)) if entry.mask is not None else None
 
     def current_label_map(self, image: str | os.PathLike[str]) -> np.ndarray | None:
-        """The user's mask if any, else the proposal, else ``None``."""
+        """The user's mask if any, else all background ``(H, W)`` for an image with a negative tag, else the
+        proposal, else ``None``."""
         with self._lock:
+            entry = self._entry(image)
             m = self.mask(image)
+            if m is None and entry.no_class:
+                return np.zeros(image_size(self._image_folder / entry.path), np.uint8)
             return m if m is not None else self.proposal(image)
 
     def mask_file(self, image: str | os.PathLike[str]) -> Path | None:
-        """Path of the PNG holding :meth:`current_label_map`, or ``None``."""
+        """Path of the PNG holding :meth:`current_label_map`, or ``None`` (also for the all-background map of
+        an image with a negative tag and no user mask: no file holds it)."""
         with self._lock:
             entry = self._entry(image)
             if entry.mask is not None:
                 return self._file(MASKS_DIR, entry)
-            return self._file(PROPOSALS_DIR, entry) if entry.proposal is not None else None
+            return self._file(PROPOSALS_DIR, entry) if entry.proposal is not None and not entry.no_class else None
 
     def _write_mask(self, entry: ImageState, label_map: np.ndarray) -> dict:
         """Validate and write the user's label map for ``entry``; return its metadata (not recorded yet)."""
@@ -706,11 +758,14 @@ class Session:
         """Accept the image's mask and save at once.
 
         ``label_map`` is the user's final array; without it the captured edit is accepted, or else the
-        proposal as it is. Raises :class:`SessionError` if there is nothing to accept.
+        proposal as it is (an image with a negative tag is accepted already). Raises :class:`SessionError`
+        if there is nothing to accept.
         """
         with self._lock:
             entry = self._entry(image)
             if label_map is None and entry.mask is None:
+                if entry.no_class:
+                    return
                 label_map = self.proposal(image)  # the proposal as it is; None if there is none
             entry.accept(utc_now(), None if label_map is None else self._write_mask(entry, label_map))
             self.save()  # always, whatever autosave or deferred_save say

@@ -2,6 +2,11 @@
 
 Import (:func:`import_tags`) names an image by relative path, file name or file stem; rows it cannot
 apply are listed in a :class:`TagImportReport` (line numbers are 1-based) instead of raising.
+
+Negative tags: the class ``-`` or ``none`` (any case) says the image holds none of the classes
+(:meth:`Session.set_no_class`), so ``none`` and ``-`` are not class names in a tags CSV. A negative tag
+and a class tag on one image contradict each other: the row that comes second is a bad row. Export
+writes a negative tag as ``image,-``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from .atomic import atomic_open
-from .classes import ClassTableError
+from .classes import NEGATIVE_TAG_NAMES, ClassTableError
 from .session_errors import SessionError, UnknownImageError, capped
 
 if TYPE_CHECKING:
     from .session import Session
+
+NEGATIVE_TAG = "-"  #: the class cell of a negative tag as export writes it
 
 
 @dataclass
@@ -29,6 +36,7 @@ class TagImportReport:
     path: str
     tags_added: int = 0
     images_tagged: list[str] = field(default_factory=list)
+    images_no_class: list[str] = field(default_factory=list)
     new_classes: list[str] = field(default_factory=list)
     unknown_images: list[tuple[int, str]] = field(default_factory=list)
     ambiguous_images: list[tuple[int, str, list[str]]] = field(default_factory=list)
@@ -52,6 +60,8 @@ class TagImportReport:
     def summary(self) -> str:
         """A one-paragraph account for logs and the CLI (the skipped rows capped by ``session_errors.capped``)."""
         text = f"{self.tags_added} tag(s) on {len(self.images_tagged)} image(s) from {self.path}"
+        if self.images_no_class:
+            text += f"; {len(self.images_no_class)} image(s) with a negative tag (none of the classes)"
         if self.new_classes:
             text += f"; new classes: {', '.join(self.new_classes)}"
         if not self.ok:
@@ -108,11 +118,14 @@ def import_tags(session: Session, path: str | os.PathLike[str]) -> TagImportRepo
             if len(hits) > 1:
                 report.ambiguous_images.append((line, cells[0], hits))
                 continue
+            if cells[1].casefold() in NEGATIVE_TAG_NAMES:
+                _apply_negative(session, hits[0], cells[1], line, report)
+                continue
             is_new = cells[1] not in session.classes
             try:
                 changed = session.tag(hits[0], cells[1], add_class=True)
-            except ClassTableError as exc:
-                report.bad_rows.append((line, str(exc)))
+            except (ClassTableError, SessionError) as exc:
+                report.bad_rows.append((line, _contradiction(session, hits[0], cells[1]) or str(exc)))
                 continue
             if is_new:
                 report.new_classes.append(session.classes.get(cells[1]).name)  # just added
@@ -121,6 +134,28 @@ def import_tags(session: Session, path: str | os.PathLike[str]) -> TagImportRepo
                 if hits[0] not in report.images_tagged:
                     report.images_tagged.append(hits[0])
     return report
+
+
+def _contradiction(session: Session, image: str, cell: str) -> str:
+    """Why the row ``image,cell`` contradicts the image's tags so far (``""`` when it does not)."""
+    if cell.casefold() in NEGATIVE_TAG_NAMES and session.tags_of(image):
+        return (f"negative tag {cell!r} for {image}, which is tagged {', '.join(session.tags_of(image))} (by an "
+                "earlier row or before): an image holds none of the classes or some; keep one of the rows")
+    if cell.casefold() not in NEGATIVE_TAG_NAMES and session.info(image).no_class:
+        return (f"class {cell!r} for {image}, which has a negative tag ('-' or 'none': it holds none of the "
+                "classes; by an earlier row or before): keep one of the rows")
+    return ""
+
+
+def _apply_negative(session: Session, image: str, cell: str, line: int, report: TagImportReport) -> None:
+    """Give ``image`` the negative tag of the row at ``line`` (its class cell ``cell``), or list the row as bad."""
+    try:
+        changed = session.set_no_class(image)
+    except SessionError as exc:
+        report.bad_rows.append((line, _contradiction(session, image, cell) or str(exc)))
+        return
+    if changed:
+        report.images_no_class.append(image)
 
 
 def write_tags(path: str | os.PathLike[str], rows: Iterable[tuple[str, str]]) -> None:

@@ -183,3 +183,9 @@ def test_merge_adds_new_updates_colours_and_refuses_id_conflicts():
     with pytest.raises(ClassTableError, match="already 'sheep'"):
         mine.merge(taken)
     assert mine == before  # nothing changed on a conflict
+
+
+@pytest.mark.parametrize("name", ["-", "none", "None", " NONE "])
+def test_the_negative_tag_names_are_not_class_names(name):
+    with pytest.raises(ClassTableError, match="marks an image holding none of the classes"):
+        ClassTable().add(name)
