@@ -28,6 +28,7 @@ Label maps (``(H, W)`` ``uint8`` class ids, 0 = background, 255 = ignore) are st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -199,7 +200,7 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     return _samples_to_rgb(np.array(im))  # a writable copy (np.asarray of a Pillow image is read-only)
 
 
-def _refuse_large(path: Path, width: int, height: int, max_pixels: int) -> None:
+def refuse_large(path: Path, width: int, height: int, max_pixels: int) -> None:
     """Raise :class:`ImageTooLargeError` if ``width x height`` is more than ``max_pixels``."""
     if width * height > max_pixels:
         raise ImageTooLargeError(
@@ -212,7 +213,7 @@ def _refuse_large(path: Path, width: int, height: int, max_pixels: int) -> None:
 def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     with Image.open(path) as im:
         width, height = im.size
-        _refuse_large(path, width, height, max_pixels)
+        refuse_large(path, width, height, max_pixels)
         im.load()
         return _pil_to_rgb(ImageOps.exif_transpose(im))
 
@@ -238,12 +239,17 @@ def _tiff_orientation(page) -> int:
 
 
 def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+    return _samples_to_rgb(_tiff_samples(path, max_pixels))
+
+
+def _tiff_samples(path: Path, max_pixels: int) -> np.ndarray:
+    """The first page's upright samples ``(H, W[, S])`` at the file's own dtype (palette expanded to RGB)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         dims = dict(zip(page.axes, page.shape))
-        _refuse_large(path, dims.get("X", 1), dims.get("Y", 1), max_pixels)
+        refuse_large(path, dims.get("X", 1), dims.get("Y", 1), max_pixels)
         photometric = int(page.photometric)
         if photometric not in (0, 1, 2, 3):  # MINISWHITE, MINISBLACK, RGB, PALETTE; others -> Pillow
             raise ValueError(f"TIFF photometric {page.photometric!r} is left to Pillow")
@@ -268,7 +274,56 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
             data = np.iinfo(data.dtype).max - data
         else:
             data = data.max() - data
-    return _samples_to_rgb(_orient(data, orientation))
+    return _orient(data, orientation)
+
+
+_PIL_DEEP = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def _deep_samples(path: Path, max_pixels: int) -> np.ndarray | None:
+    """The upright pixels of a file deeper than 8 bits at its own dtype, ``(H, W)`` grey or ``(H, W, 3)``
+    colour (alpha and extra samples dropped); None for 8-bit (and 1-bit) files."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        data = _tiff_samples(path, max_pixels)
+    else:
+        with Image.open(path) as im:
+            width, height = im.size
+            refuse_large(path, width, height, max_pixels)
+            if im.mode not in _PIL_DEEP:
+                return None
+            im.load()
+            data = np.array(ImageOps.exif_transpose(im))
+    if data.dtype in (np.uint8, np.bool_):
+        return None
+    if data.ndim == 3:
+        data = data[:, :, 0] if data.shape[2] <= 2 else data[:, :, :3]
+    return np.ascontiguousarray(data)
+
+
+def read_display_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The image to show a person: deep files (16-bit, 32-bit, float) upright at their own dtype, ``(H, W)``
+    grey or ``(H, W, 3)`` colour, so no precision is lost on screen; every other file as :func:`read_image`
+    gives it (the model always gets :func:`read_image`'s 8-bit copy). Same errors as :func:`read_image`."""
+    p = Path(path)
+    deep = None
+    with contextlib.suppress(Exception):  # unreadable here: read_image below says why
+        deep = _deep_samples(p, max_pixels)
+    return deep if deep is not None else read_image(p, max_pixels)
+
+
+def display_range(pixels: np.ndarray) -> tuple[float, float]:
+    """Contrast limits that show ``pixels`` as the model sees them: the :data:`LOW_PERCENTILE` ..
+    :data:`HIGH_PERCENTILE` range of :func:`scale_to_uint8` (``(0, 255)`` for ``uint8``)."""
+    if pixels.dtype == np.uint8:
+        return 0.0, 255.0
+    finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels.reshape(-1)
+    if finite.size == 0:
+        return 0.0, 1.0
+    step = max(1, finite.size // _PERCENTILE_SAMPLE)
+    lo, hi = (float(v) for v in np.percentile(finite[::step], [LOW_PERCENTILE, HIGH_PERCENTILE]))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:

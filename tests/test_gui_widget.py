@@ -128,6 +128,7 @@ def test_open_tag_propose_edit_accept_export_resume(widget, sample_images, tiny_
     assert s.status("coin_04.png") == "rejected"
 
     out = tmp_path / "export"
+    widget.export_unreviewed_check.setChecked(True)
     widget.export(out)
     qtbot.waitUntil(lambda: widget.last_export is not None, timeout=30_000)
     assert widget.last_export.count == 5  # 3 proposed + 1 accepted + 1 edited; the rejected one is out
@@ -204,6 +205,10 @@ def test_keys_tag_and_navigate_on_the_canvas(make_napari_viewer, sample_images, 
     viewer.layers.selection.active = widget._layer("labels")
     qtbot.keyClick(canvas, Qt.Key.Key_2)  # on the Labels layer 2 stays napari's paint brush
     assert widget._layer("labels").mode == "paint" and widget.session.tags_of(first) == ["cat"]
+    qtbot.keyClick(canvas, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)  # Alt+1 tags on any layer
+    assert widget.session.tags_of(first) == ["coin", "cat"] and widget._layer("labels").mode == "paint"
+    qtbot.keyClick(canvas, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)
+    assert widget.session.tags_of(first) == ["cat"]
     qtbot.keyClick(canvas, Qt.Key.Key_C)  # accept, on the Labels layer too
     assert widget.session.status(first) == "accepted" and widget.current == widget.session.images[1]
 
@@ -491,6 +496,11 @@ def test_every_file_of_the_bad_input_corpus_opens_or_is_named_in_a_notification(
         else:
             assert widget.current == shown, rel
             assert len(messages) == 1 and rel in messages[0] and "Traceback" not in messages[0], messages
+    for row, rel in enumerate(listed):  # unreadable ones marked in the list with their reason (on open, or
+        status = widget.image_table.item(row, 1)  # once clicked for a file whose header reads but data does not)
+        assert (status.text() == "unreadable") == (rel not in readable), rel
+        assert (rel in status.toolTip()) == (rel not in readable)
+    assert widget.counts_label.text().endswith(f"; {len(listed) - len(readable)} unreadable")
 
 
 @pytest.mark.parametrize("answer", ["Yes", "No"])
@@ -521,3 +531,88 @@ def test_a_damaged_project_is_offered_its_backup(widget, sample_images, monkeypa
         assert widget.session is None and not damaged
         assert (project / "project.json").read_text() == text[: len(text) // 2]
         assert any("project.json.bak" in m for m in messages), messages
+
+
+def stuck_engine(project: str, should_stop, **options: object):
+    """A model that never checks ``should_stop`` while it computes one image (e.g. a long first load)."""
+    time.sleep(60)
+    yield from ()
+
+
+def test_cancel_stops_a_stuck_proposal_child_at_once(widget, sample_images, qtbot):
+    widget.engine_spec = f"{__name__}:stuck_engine"
+    widget.open_folder(sample_images)
+    _tag_two_images(widget)
+    widget.propose()
+    assert widget.running
+    qtbot.wait(500)  # the child is inside its 60 s image
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)  # killed after its 1 s grace, not 60 s
+    assert widget.propose_button.isEnabled() and "cancel" in widget.run_label.text()
+
+
+def test_the_view_fits_each_image_after_a_change_of_size(widget, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    Image.new("RGB", (400, 100), (90, 10, 10)).save(folder / "a_wide.png")
+    Image.new("RGB", (60, 300), (10, 90, 10)).save(folder / "b_tall.png")
+    widget.open_folder(folder)
+    for rel, (h, w) in (("a_wide.png", (100, 400)), ("b_tall.png", (300, 60)), ("a_wide.png", (100, 400))):
+        widget.show_image(rel)
+        assert _labels(widget).data.shape == (h, w)
+        center = widget.viewer.scene.camera.center[-2:]
+        assert abs(center[0] - (h - 1) / 2) < 1 and abs(center[1] - (w - 1) / 2) < 1, (rel, center)
+
+
+@pytest.mark.parametrize("unreviewed", [False, True])
+def test_export_takes_reviewed_masks_unless_asked_and_coco_says_which(widget, sample_images, tmp_path, qtbot,
+                                                                      unreviewed):
+    keep_only(sample_images, {"coin_00.png", "coin_01.png", "coin_02.png", "cat_00.png"})
+    widget.open_folder(sample_images)
+    _tag_two_images(widget)
+    widget.propose()
+    _wait_run(qtbot, widget)
+    s = widget.session
+    proposed = s.images_with_status("proposed")
+    assert len(proposed) >= 2
+    s.accept(proposed[0], s.current_label_map(proposed[0]))
+    widget.export_unreviewed_check.setChecked(unreviewed)
+    widget.export(tmp_path / "export")
+    qtbot.waitUntil(lambda: widget.export_button.isEnabled(), timeout=30_000)
+    coco = json.loads((tmp_path / "export" / "coco.json").read_text())
+    status = {Path(im["file_name"]).stem: (im["wfss_status"], im["wfss_reviewed"]) for im in coco["images"]}
+    expected = {s.key(proposed[0]): ("accepted", True)}
+    if unreviewed:
+        expected.update({s.key(rel): ("proposed", False) for rel in proposed[1:]})
+    assert status == expected
+
+
+def test_deep_images_are_shown_at_their_own_depth(widget, tmp_path):
+    """16-bit grey and float colour images keep their values on screen (the model reads its 8-bit copy);
+    switching back to an 8-bit photo gives an RGB layer again, under the Labels layer."""
+    import tifffile
+    from PIL import Image
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    grey16 = (np.arange(40 * 50, dtype=np.uint16).reshape(40, 50) * 31).astype(np.uint16)
+    Image.fromarray(grey16).save(folder / "a_grey16.png")
+    rgbf = np.random.default_rng(0).random((30, 20, 3), dtype=np.float32)
+    tifffile.imwrite(folder / "b_float.tif", rgbf, photometric="rgb")
+    Image.new("RGB", (20, 10), (200, 20, 20)).save(folder / "c_photo.png")
+    widget.open_folder(folder)
+    widget.show_image("a_grey16.png")
+    layer = widget._layer("image")
+    assert layer.dtype == np.uint16 and not layer.rgb and np.array_equal(layer.data, grey16)
+    assert grey16.min() <= layer.contrast_limits[0] < layer.contrast_limits[1] <= grey16.max()
+    widget.show_image("b_float.tif")
+    layer = widget._layer("image")
+    assert layer.rgb and layer.dtype == np.float32 and np.array_equal(layer.data, rgbf)
+    assert _labels(widget).data.shape == (30, 20)
+    widget.show_image("c_photo.png")
+    layer = widget._layer("image")
+    assert layer.rgb and layer.dtype == np.uint8 and tuple(layer.contrast_limits) == (0, 255)
+    assert widget.viewer.layers.index(layer) < widget.viewer.layers.index(_labels(widget))
+    assert widget.session.read_image("a_grey16.png").dtype == np.uint8  # what the model reads

@@ -43,19 +43,30 @@ def remove_layers(viewer: napari.viewer.Viewer) -> None:
             viewer.layers.remove(layer)
 
 
-def show_image_layer(viewer: napari.viewer.Viewer, image: np.ndarray, name: str) -> Any:
-    """Show ``image`` (RGB) in the image layer, made on first use; the view is reset when the shape changes."""
+def show_image_layer(viewer: napari.viewer.Viewer, image: np.ndarray, name: str) -> tuple[Any, bool]:
+    """Show ``image`` in the image layer: ``(H, W, 3)`` colour or ``(H, W)`` grey at any dtype (deep images
+    keep their depth; contrast limits from ``napari_wfss.images.display_range``). The layer is made on first
+    use, and again when the image switches between colour and grey (a napari layer's ``rgb`` is fixed).
+    Returns the layer and whether the image's shape changed (then reset the view once the Labels layer has
+    the new shape too)."""
+    from napari_wfss.images import display_range
+
+    rgb = image.ndim == 3
     layer = find_layer(viewer, "image")
-    if layer is None:
-        viewer.add_image(image, name=name, rgb=True, metadata={ROLE: "image"})
-        viewer.reset_view()
+    if layer is not None and layer.rgb != rgb:  # a new layer (its keys are bound again by the widget)
+        viewer.layers.remove(layer)
+        layer = viewer.add_image(image, name=name, rgb=rgb, metadata={ROLE: "image"})
+        viewer.layers.move(viewer.layers.index(layer), 0)  # under the Labels layer again
+        shape_changed = True
+    elif layer is None:
+        layer = viewer.add_image(image, name=name, rgb=rgb, metadata={ROLE: "image"})
+        shape_changed = True
     else:
         shape_changed = layer.data.shape != image.shape
         layer.data = image
         layer.name = name
-        if shape_changed:
-            viewer.reset_view()
-    return find_layer(viewer, "image")
+    layer.contrast_limits = display_range(image)
+    return layer, shape_changed
 
 
 def show_labels_layer(viewer: napari.viewer.Viewer, data: np.ndarray, name: str, classes: ClassTable) -> Any:

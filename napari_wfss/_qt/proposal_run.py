@@ -35,6 +35,9 @@ from napari_wfss.session import Session
 log = logging.getLogger(__name__)
 
 MODELS_THRESHOLD = -0.05  #: the threshold box's "model's" setting (its minimum)
+#: seconds a cancelled proposal child may take to stop by itself before it is killed: it writes nothing
+#: (the widget stores the results), so killing it loses only the images in flight
+CANCEL_GRACE_S = 1.0
 
 
 def _close_run(holder: dict) -> None:
@@ -123,7 +126,7 @@ class ProposalRunMixin:
         self._run_session = self.session
         run = EngineProcess({"project": str(self.session.project_dir), "images": targets,
                              **dataclasses.asdict(options)},
-                            engine=self.engine_spec)
+                            engine=self.engine_spec, grace_s=CANCEL_GRACE_S)
         self._run_holder["run"] = run
         self._run_count = 0
         self.skipped = []

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -34,6 +35,7 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -52,7 +54,7 @@ from napari_wfss._qt.layers import (
 )
 from napari_wfss._qt.proposal_run import MODELS_THRESHOLD, ProposalRunMixin
 from napari_wfss._qt.retrain_run import RetrainRunMixin
-from napari_wfss.images import ImageReadError
+from napari_wfss.images import ImageReadError, image_size, read_display_image, refuse_large
 from napari_wfss.options import DEVICES
 from napari_wfss.project_store import DamagedProjectError, restore_backup
 from napari_wfss.session import (
@@ -78,6 +80,8 @@ STATUS_COLORS = {
     ACCEPTED: "#66bb6a",
     REJECTED: "#ef5350",
 }
+UNREADABLE = "unreadable"  #: shown instead of the status of an image that cannot be read (reason in its tooltip)
+UNREADABLE_COLOR = "#e53935"
 
 
 def _swatch(rgb: tuple[int, int, int]) -> QIcon:
@@ -108,13 +112,24 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         self.new_model: str | None = None  # the folder of the last retrained model
         self._updating = False
         self.last_export = None
+        self.unreadable: dict[str, str] = {}  # image -> why it cannot be read (marked in the list)
         self._build_ui()
         bind_viewer_keys(self)
         self._refresh_enabled()
 
     # ================================================================ UI
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        # everything in a scroll area: the dock fits a 1366 x 768 screen and scrolls when napari is smaller
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll_area = QScrollArea(self)
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        self.scroll_area.setWidget(content)
+        outer.addWidget(self.scroll_area)
+        layout = QVBoxLayout(content)
 
         row = QHBoxLayout()
         self.open_button = QPushButton("Open folder…")
@@ -141,7 +156,7 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         inner.addWidget(self.counts_label)
         layout.addWidget(box, 2)
 
-        box = QGroupBox("Classes (tick = tag the current image; keys 1-9)")
+        box = QGroupBox("Classes (tick = tag the current image; keys 1-9, Alt+1-9 on any layer)")
         inner = QVBoxLayout(box)
         self.class_table = QTableWidget(0, 3)
         self.class_table.setHorizontalHeaderLabels(["Tag", "Class", "Colour"])
@@ -269,9 +284,15 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         for b in (self.previous_button, self.reject_button, self.accept_button, self.next_button):
             row.addWidget(b)
         inner.addLayout(row)
+        row = QHBoxLayout()
         self.export_button = QPushButton("Export dataset…")
         self.export_button.clicked.connect(lambda: self.export())
-        inner.addWidget(self.export_button)
+        self.export_unreviewed_check = QCheckBox("include unreviewed proposals")
+        self.export_unreviewed_check.setToolTip("off: only accepted and edited masks are exported (coco.json marks "
+                                                "each image's review status either way)")
+        row.addWidget(self.export_button)
+        row.addWidget(self.export_unreviewed_check)
+        inner.addLayout(row)
         layout.addWidget(box)
 
     def _refresh_enabled(self) -> None:
@@ -332,10 +353,12 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         folder = session.image_folder
         self.folder_label.setText(f"…/{folder.parent.name}/{folder.name}" if folder.parent.name else str(folder))
         self.folder_label.setToolTip(f"images: {folder}\nproject: {session.project_dir}")
+        self._check_images()
         self._fill_image_table()
         self._fill_class_table()
-        todo = [i for i in session.images if session.status(i) != ACCEPTED]
-        self.show_image((todo or session.images)[0])
+        readable = [i for i in session.images if i not in self.unreadable] or session.images
+        todo = [i for i in readable if session.status(i) != ACCEPTED]
+        self.show_image((todo or readable)[0])
 
     def _offer_backup(self, exc: DamagedProjectError) -> Session | None:
         """Offer the damaged project's previous version (one save earlier); the session opened from it, or
@@ -374,6 +397,25 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         self._refresh_enabled()
 
     # ================================================================ image table
+    def _check_images(self) -> None:
+        """Mark the images whose header cannot be read, or that are over the size limit (no pixel is decoded)."""
+        self.unreadable = {}
+        limit = self.session.max_pixels
+        for rel in self.session.images:
+            path = self.session.image_path(rel)
+            try:
+                h, w = image_size(path)
+                refuse_large(path, w, h, limit)
+            except ImageReadError as exc:  # too large included
+                self.unreadable[rel] = str(exc)
+
+    def mark_unreadable(self, rel: str, reason: str) -> None:
+        """Show ``rel`` as unreadable in the list, with ``reason`` in its tooltip (e.g. after a failed read)."""
+        self.unreadable[rel] = reason
+        if self.session is not None and rel in self.session.images:
+            self._update_image_row(rel)
+            self._update_counts()
+
     def _fill_image_table(self) -> None:
         self._updating = True
         try:
@@ -397,13 +439,17 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         row = self._row_of(rel) if row is None else row
         status = self.session.status(rel)
         item = self.image_table.item(row, 1)
-        item.setText(status)
-        item.setForeground(QColor(STATUS_COLORS[status]))
+        reason = self.unreadable.get(rel)
+        item.setText(UNREADABLE if reason else status)
+        item.setForeground(QColor(UNREADABLE_COLOR if reason else STATUS_COLORS[status]))
+        for column in (0, 1):
+            self.image_table.item(row, column).setToolTip(reason or "")
         self.image_table.item(row, 2).setText(", ".join(self.session.tags_of(rel)))
 
     def _update_counts(self) -> None:
         counts = {k: v for k, v in self.session.counts().items() if v}
-        self.counts_label.setText(f"{len(self.session)} images: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        text = f"{len(self.session)} images: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        self.counts_label.setText(text + (f"; {len(self.unreadable)} {UNREADABLE}" if self.unreadable else ""))
 
     def _on_image_row_changed(self, row: int, *_: int) -> None:
         if self._updating or row < 0 or self.session is None:
@@ -559,14 +605,18 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         if self.session is None:
             return
         self._capture_edits()
-        try:
-            image = self.session.read_image(rel)
+        try:  # deep images at their own depth: the model reads its own 8-bit copy
+            image = read_display_image(self.session.image_path(rel), self.session.max_pixels)
         except ImageReadError as exc:
+            self.mark_unreadable(rel, str(exc))
             self._report(exc)
             return
         self.current = rel
-        bind_layer_keys(self, show_image_layer(self.viewer, image, rel), with_tags=True)
+        layer, shape_changed = show_image_layer(self.viewer, image, rel)
+        bind_layer_keys(self, layer, with_tags=True)
         self._show_labels()
+        if shape_changed:  # after both layers have the new shape, so the view fits the image
+            self.viewer.reset_view()
         self._select_row(rel)
         self._fill_class_table()
         self._refresh_enabled()
@@ -665,7 +715,8 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
 
     # ================================================================ export
     def export(self, out_dir: str | Path | None = None) -> None:
-        """Export accepted, edited and proposed images as a dataset folder (off the UI thread)."""
+        """Export the accepted and edited images (and the unreviewed proposals when *include unreviewed
+        proposals* is ticked) as a dataset folder, off the UI thread."""
         from napari.qt.threading import create_worker
 
         from napari_wfss.export import export_session
@@ -676,7 +727,8 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         if not out_dir:
             return
         self._capture_edits()
-        worker = create_worker(export_session, self.session, out_dir, _ignore_errors=True)
+        statuses = (ACCEPTED, EDITED, PROPOSED) if self.export_unreviewed_check.isChecked() else (ACCEPTED, EDITED)
+        worker = create_worker(export_session, self.session, out_dir, statuses=statuses, _ignore_errors=True)
         worker.returned.connect(self._on_exported)
         worker.errored.connect(self._report)
         self.export_button.setEnabled(False)
