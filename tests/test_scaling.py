@@ -130,3 +130,15 @@ def test_dask_local_cluster_labels_the_sample_like_one_process(tmp_path):
     assert main([*common, "--out", str(tmp_path / "single"), "--threads", "1"]) == 0
     assert main([*common, "--out", str(tmp_path / "dask"), "--dask", "local:2"]) == 0
     _same_export(tmp_path / "single", tmp_path / "dask")
+
+
+def test_local_dask_workers_start_without_the_slow_allocator_setting():
+    """Dask's nannies set MALLOC_TRIM_THRESHOLD_ in their workers, which made each image ~1.6x slower
+    (benchmarks/scale_out.py); DaskRunner's local workers are started without it."""
+    import os
+
+    from napari_wfss.dask_runner import SLOW_ALLOCATOR_ENV, DaskRunner
+
+    with DaskRunner("local:1") as runner:
+        seen = runner.client.run(lambda: os.environ.get(SLOW_ALLOCATOR_ENV))
+    assert list(seen.values()) == [None]
