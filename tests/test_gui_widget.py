@@ -616,3 +616,30 @@ def test_deep_images_are_shown_at_their_own_depth(widget, tmp_path):
     assert layer.rgb and layer.dtype == np.uint8 and tuple(layer.contrast_limits) == (0, 255)
     assert widget.viewer.layers.index(layer) < widget.viewer.layers.index(_labels(widget))
     assert widget.session.read_image("a_grey16.png").dtype == np.uint8  # what the model reads
+
+
+def test_none_of_these_classes_is_a_negative_tag_from_the_widget(widget, sample_images, qtbot):
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtCore import Qt
+
+    from napari_wfss.engine import default_queries
+
+    widget.open_folder(sample_images)
+    _tag_two_images(widget)
+    widget.show_image("texture_gravel.png")
+    widget.no_class_check.click()
+    s = widget.session
+    assert s.info("texture_gravel.png").no_class and s.status("texture_gravel.png") == "accepted"
+    assert not _labels(widget).data.any()
+    row = s.images.index("texture_gravel.png")
+    assert widget.image_table.item(row, 2).text() == "none (negative tag)"
+    assert "texture_gravel.png" not in default_queries(s)
+    canvas = widget.viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_0)  # the same toggle from the keyboard
+    assert not s.info("texture_gravel.png").no_class and not widget.no_class_check.isChecked()
+    widget.show_image("coin_00.png")  # tagged coin: a negative tag would contradict it
+    before = len(notification_manager.records)
+    widget.no_class_check.click()
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert not s.info("coin_00.png").no_class and not widget.no_class_check.isChecked()
+    assert any("negative tag" in m or "none of the classes" in m for m in messages), messages

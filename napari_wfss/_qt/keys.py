@@ -1,8 +1,9 @@
 """The widget's keys, bound on the viewer and on the widget's layers (so they win over napari's layer keys).
 
 ``1``-``9`` toggle the tag of the first nine classes (not on the Labels layer, where napari's ``1``-``7``
-pick the painting tools), ``Alt+1``-``Alt+9`` do the same whatever layer is active, ``C`` accept, ``X``
-reject, ``N`` next, ``Shift+N`` previous (``P`` stays napari's paint brush).
+pick the painting tools), ``Alt+1``-``Alt+9`` do the same whatever layer is active; ``0`` (``Alt+0`` on any
+layer) flips the negative tag "none of these classes"; ``C`` accept, ``X`` reject, ``N`` next, ``Shift+N``
+previous (``P`` stays napari's paint brush).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ def key_actions(widget: Any, with_tags: bool) -> dict[str, Any]:
     """Key -> the widget's action: the review keys, and the tag keys if ``with_tags``."""
     actions = {key: getattr(widget, method) for key, method in REVIEW_KEYS.items()}
     actions.update({key: partial(widget.toggle_tag_index, i) for i, key in enumerate(ANY_LAYER_TAG_KEYS)})
+    actions["Alt-0"] = widget.set_no_class
     if with_tags:
         actions.update({key: partial(widget.toggle_tag_index, i) for i, key in enumerate(TAG_KEYS)})
+        actions["0"] = widget.set_no_class
     return actions
 
 

@@ -185,6 +185,11 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         for b in (self.import_classes_button, self.export_classes_button, self.import_tags_button):
             row.addWidget(b)
         inner.addLayout(row)
+        self.no_class_check = QCheckBox("None of these classes here (0)")
+        self.no_class_check.setToolTip("a negative tag: the image is never proposed, teaches every class what it "
+                                       "is not, and is exported with an all-background mask")
+        self.no_class_check.clicked.connect(lambda checked: self.set_no_class(checked))
+        inner.addWidget(self.no_class_check)
         layout.addWidget(box, 1)
 
         box = QGroupBox("Propose")
@@ -444,7 +449,9 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
         item.setForeground(QColor(UNREADABLE_COLOR if reason else STATUS_COLORS[status]))
         for column in (0, 1):
             self.image_table.item(row, column).setToolTip(reason or "")
-        self.image_table.item(row, 2).setText(", ".join(self.session.tags_of(rel)))
+        tags = self.session.tags_of(rel)
+        self.image_table.item(row, 2).setText("none (negative tag)" if self.session.info(rel).no_class
+                                              else ", ".join(tags))
 
     def _update_counts(self) -> None:
         counts = {k: v for k, v in self.session.counts().items() if v}
@@ -480,6 +487,7 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
                 color.setToolTip("click to change the colour")
                 for col, item in enumerate((tag, name, color)):
                     self.class_table.setItem(row, col, item)
+            self.no_class_check.setChecked(bool(self.current) and self.session.info(self.current).no_class)
         finally:
             self._updating = False
 
@@ -586,6 +594,21 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
             (self.session.tag if on else self.session.untag)(self.current, class_name)
         except UserError as exc:
             self._report(exc)
+        self._fill_class_table()
+        self._update_image_row(self.current)
+        self._update_counts()
+
+    def set_no_class(self, on: bool | None = None) -> None:
+        """Give the current image a negative tag (``on=True``: it holds none of the classes), remove it
+        (``False``) or flip it (``None``); refused with a message while the image has class tags."""
+        if self.current is None:
+            return
+        try:
+            on = not self.session.info(self.current).no_class if on is None else on
+            self.session.set_no_class(self.current, on)
+        except UserError as exc:
+            self._report(exc)
+        self._show_labels()
         self._fill_class_table()
         self._update_image_row(self.current)
         self._update_counts()
