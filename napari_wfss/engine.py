@@ -20,11 +20,12 @@ One run (:meth:`Engine.propose`):
    (the co-segmentation prior reads the same taps when they are the ones it expects).
 3. **Queries, streamed.** Each query is decoded and encoded once (the prior reuses the taps too);
    per class the pipeline's ``ClassSegmenter.predict`` gives ``fg_prob`` ``(H, W)`` in ``[0, 1]`` (the
-   network's softmax blended with the prior by the model's decision rule, ``hhn.config.DecisionRule``;
+   network's softmax blended with the prior by the class's decision rule, ``hhn.config.DecisionRule``:
+   the model's ``decision``, or its ``decision_masks`` for a class whose supports all carry user masks;
    0 where the rule's trim to the query's own appearance or its snap to the image's edges removed a
    pixel, at least the rule's threshold where the snap added one).
    Per pixel the label is the class with the highest ``fg_prob`` (ties: class-table order), or
-   background (0) where that highest value is below ``threshold`` (default: the rule's; a given one
+   background (0) where that highest value is below ``threshold`` (default: that class's rule's; a given one
    also replaces the rule's, see :class:`Engine`). On the CPU, ``threads`` queries are computed side by
    side, each on one torch thread (one query's small convolutions, its GrabCut and its prior do not
    keep two cores busy; two queries do); results still come out in plan order, and a query's result
@@ -218,22 +219,24 @@ class _Resolver:
             self.index[better] = self.count
         self.count += 1
 
-    def finish(self, class_ids: Sequence[int], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, class_ids: Sequence[int], threshold: float | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """``(label_map, best_prob)`` as :func:`resolve_label_map` returns them."""
         if self.best is None or self.index is None:
             raise ValueError("no class map to decide from")
         label_map = np.asarray(class_ids, dtype=np.uint8)[self.index]
-        label_map[self.best < threshold] = BACKGROUND_ID
+        cut = np.broadcast_to(np.asarray(threshold, dtype=np.float32), (self.count,))[self.index]
+        label_map[self.best < cut] = BACKGROUND_ID
         return label_map, self.best
 
 
 def resolve_label_map(fg_probs: Sequence[np.ndarray], class_ids: Sequence[int],
-                      threshold: float) -> tuple[np.ndarray, np.ndarray]:
+                      threshold: float | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel decision over classes.
 
-    ``fg_probs``: one ``float32 (H, W)`` map in ``[0, 1]`` per class; ``class_ids``: their label ids.
+    ``fg_probs``: one ``float32 (H, W)`` map in ``[0, 1]`` per class; ``class_ids``: their label ids;
+    ``threshold``: one for every class, or one per class (its decision rule's).
     Returns ``(label_map, best_prob)``: ``uint8 (H, W)`` = the id of the class with the highest
-    probability (first class on ties), or 0 where that probability is below ``threshold``; and
+    probability (first class on ties), or 0 where that probability is below that class's threshold; and
     ``float32 (H, W)`` that highest probability.
     """
     resolver = _Resolver()
@@ -389,7 +392,9 @@ class Engine:
     # ------------------------------------------------------------------ model
     @property
     def threshold(self) -> float:
-        """The foreground threshold in use: the one given, else the loaded model's decision rule's."""
+        """The foreground threshold in use for classes learnt from tags: the one given, else the loaded
+        model's decision rule's (a class learnt from pixel masks alone uses its own rule's threshold,
+        ``FewShotPipeline.rule_for``, unless one is given)."""
         return self._threshold if self._threshold is not None else self.load().decision.threshold
 
     @property
@@ -507,7 +512,8 @@ class Engine:
         finally:
             pipeline.forget_images()
         del pixels  # supports are encoded: free the gallery before streaming the queries
-        learnt = LearntClasses(plan.classes, tuple(prepared), self.threshold, self.model_name)
+        thresholds = tuple(s.rule.threshold if self._threshold is None else self._threshold for s in prepared)
+        learnt = LearntClasses(plan.classes, tuple(prepared), thresholds, self.model_name)
         results = (runner.stream(session, learnt, plan.queries, should_stop) if runner is not None
                    else self._stream(session, learnt, plan.queries, should_stop))
         results = self._decided(results, plan.classes)
@@ -582,7 +588,8 @@ class LearntClasses:
     """A run's classes once learnt (step 2 of the module doc): everything a query is proposed from.
 
     ``segmenters``: one ``hhn.pipeline.ClassSegmenter`` per class of ``classes`` (they share the
-    pipeline, hence the model); ``threshold``: the per-pixel decision's. Picklable (the prior's and the
+    pipeline, hence the model); ``thresholds``: the per-pixel decision's, one per class (its rule's, or
+    the run's given threshold). Picklable (the prior's and the
     pipeline's caches travel empty), so a runner can ship it to other processes once
     (:mod:`napari_wfss.dask_runner`); every runner proposes through :meth:`propose_file`, so their
     masks are the same bit for bit on the CPU.
@@ -590,7 +597,7 @@ class LearntClasses:
 
     classes: tuple[ClassPlan, ...]
     segmenters: tuple[ClassSegmenter, ...]
-    threshold: float
+    thresholds: tuple[float, ...]
     model_name: str
 
     def propose_file(self, rel: str, key: str, path: str | os.PathLike[str], max_pixels: int) -> ProposalResult:
@@ -613,7 +620,7 @@ class LearntClasses:
         finally:
             pipeline.forget_image(image)
         result = ProposalResult(rel, key, None, model=self.model_name)
-        result.label_map, best = resolver.finish([c.id for c in self.classes], self.threshold)
+        result.label_map, best = resolver.finish([c.id for c in self.classes], self.thresholds)
         result.scores, result.fractions = _summarise(result.label_map, best, self.classes)
         return result
 

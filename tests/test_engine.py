@@ -7,6 +7,7 @@ known exactly.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import defaultdict
 from types import SimpleNamespace
@@ -298,6 +299,36 @@ def test_resolve_label_map_by_hand():
     label_map, best = resolve_label_map([pa, pb], [3, 7], threshold=0.5)
     np.testing.assert_array_equal(label_map, [[3, 7, 3, 0]])  # tie -> first class; both < 0.5 -> background
     np.testing.assert_allclose(best, [[0.9, 0.7, 0.6, 0.45]])
+
+
+def test_resolve_label_map_with_a_threshold_per_class():
+    pa = np.array([[0.9, 0.55, 0.52, 0.3]], np.float32)
+    pb = np.array([[0.1, 0.5, 0.58, 0.4]], np.float32)
+    label_map, _ = resolve_label_map([pa, pb], [3, 7], threshold=[0.6, 0.5])
+    np.testing.assert_array_equal(label_map, [[3, 0, 7, 0]])  # each pixel's best class is cut at its own threshold
+
+
+def test_a_class_learnt_from_user_masks_alone_is_decided_by_the_mask_rule(session, tiny_model):
+    tags_rule, masks_rule = DecisionRule(0.5, 0.6), DecisionRule(0.0, 0.45)
+    model = copy.copy(tiny_model)
+    model.config = dataclasses.replace(tiny_model.config, decision=tags_rule, decision_masks=masks_rule)
+    b = session.classes.get("b").id
+    for rel in ("ab.png", "b0.png"):  # every 'b' support painted; 'a' keeps tag-only supports
+        painted = np.zeros((H, W), np.uint8)
+        painted[4:12, 6:20] = b
+        session.accept(rel, painted)
+    seen = {}
+
+    class Capture:
+        def stream(self, session, learnt, queries, should_stop):
+            seen.update(rules=[s.rule for s in learnt.segmenters], thresholds=learnt.thresholds)
+            return iter(())
+
+    list(Engine(model, device="cpu", prior=red_prior()).propose(session, images=["q0.png"], runner=Capture()))
+    assert seen == {"rules": [tags_rule, masks_rule], "thresholds": (0.6, 0.45)}  # class-table order: a, b
+    list(Engine(model, device="cpu", prior=red_prior(), threshold=0.3).propose(session, images=["q0.png"],
+                                                                               runner=Capture()))
+    assert seen["thresholds"] == (0.3, 0.3)  # a given threshold is every class's
 
 
 @pytest.mark.parametrize("given, rule", [(0.7, DecisionRule()), (None, DecisionRule(0.5, 0.7))],

@@ -5,6 +5,7 @@ A random-weight wfss-lite0 at 64x64 and a colour prior: no pretrained file is re
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -107,3 +108,35 @@ def test_from_model_applies_the_overrides(tiny_model):
     pipeline = FewShotPipeline.from_model(tiny_model, device="cpu", snap=False, threshold=0.7)
     assert pipeline.rule == override_rule(tiny_model.config.decision, snap=False, threshold=0.7)
     assert pipeline.predictor.decision is pipeline.rule
+
+
+def test_classes_with_only_mask_supports_take_the_models_mask_rule(tiny_model):
+    tags_rule, masks_rule = DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06), DecisionRule(0.0, 0.55, None, 0.06)
+    model = copy.copy(tiny_model)
+    model.config = dataclasses.replace(tiny_model.config, decision=tags_rule, decision_masks=masks_rule)
+    pipeline = FewShotPipeline.from_model(model, device="cpu", prior=RedPrior())
+    assert (pipeline.rule, pipeline.mask_rule) == (tags_rule, masks_rule)
+    painted = np.zeros((40, 52), np.float32)
+    painted[8:30, 10:40] = 1.0
+    masked, tagged = TaggedImage(_image(0), painted), TaggedImage(_image(1))
+    assert pipeline.fit("red", [masked]).rule == masks_rule
+    assert pipeline.fit("red", [masked, tagged]).rule == tags_rule  # one tag-only support: the tags rule
+    assert pipeline.fit("red", [tagged]).rule == tags_rule
+    # the run's overrides act on both rules; a given decision replaces both
+    no_snap = FewShotPipeline.from_model(model, device="cpu", snap=False, threshold=0.7)
+    assert no_snap.mask_rule == DecisionRule(0.0, 0.7) and no_snap.rule == DecisionRule(0.5, 0.7, (1.0, 0.5, 0.0))
+    given = FewShotPipeline.from_model(model, device="cpu", decision=DecisionRule())
+    assert given.rule == given.mask_rule == DecisionRule()
+    # a model without a mask rule uses its one rule for every class
+    assert FewShotPipeline.from_model(tiny_model, device="cpu").mask_rule == tiny_model.config.decision
+
+
+def test_config_round_trips_the_mask_rule(tiny_model):
+    from hhn.config import HHNConfig
+    from hhn.errors import UserError
+
+    config = dataclasses.replace(tiny_model.config, decision_masks=DecisionRule(0.0, 0.5, None, 0.06))
+    assert HHNConfig.from_dict(config.to_dict()) == config
+    assert HHNConfig.from_dict(tiny_model.config.to_dict()).decision_masks is None
+    with pytest.raises(UserError, match="prior_weight in"):
+        HHNConfig.from_dict({**config.to_dict(), "decision_masks": {"prior_weight": 2.0}})

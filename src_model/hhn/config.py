@@ -177,7 +177,10 @@ class HHNConfig:
     """One HHN model configuration (architecture + switches). JSON round trip via to_dict/from_dict.
 
     ``decision``: how foreground is decided from the network and the query prior (:class:`DecisionRule`;
-    the default is the network's argmax, as in the released code).
+    the default is the network's argmax, as in the released code). ``decision_masks``: the rule for a
+    class whose supports all carry pixel masks (a user's painted or accepted masks, ``wfss eval
+    --support masks``), where the steps that rescue a tag-only support may cost more than they add;
+    None: ``decision`` for every class. Both are chosen on development episodes.
 
     ``tag_prior``: the tag prior the model is used with, a name of ``hhn.registry.TAG_PRIORS``
     (like ``decision``, an inference setting chosen on development episodes; training builds its
@@ -214,6 +217,7 @@ class HHNConfig:
     grad_through_fusion: bool = False
     prior_in_decoder: bool = False
     decision: DecisionRule = field(default_factory=DecisionRule)
+    decision_masks: DecisionRule | None = None
     tag_prior: str | None = None
     description: str = ""
 
@@ -234,8 +238,9 @@ class HHNConfig:
         object.__setattr__(self, "image_size", size)
         if isinstance(self.sinkhorn, dict):
             object.__setattr__(self, "sinkhorn", SinkhornSettings(**self.sinkhorn))
-        if isinstance(self.decision, dict):
-            object.__setattr__(self, "decision", DecisionRule(**self.decision))
+        for name in ("decision", "decision_masks"):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, DecisionRule(**getattr(self, name)))
         if self.tag_prior is not None and self.tag_prior not in TAG_PRIORS:
             raise UserError(f"config {self.name!r}: unknown tag_prior {self.tag_prior!r}; use one of "
                             f"{', '.join(TAG_PRIORS)} or null")
@@ -275,7 +280,7 @@ class HHNConfig:
                          if f.name in ("name", "backbone", "image_size") and f.name not in data)
         if missing:
             raise UserError(f"model config lacks required fields {missing}")
-        return cls(**data)  # __post_init__ converts image_size, sinkhorn and decision
+        return cls(**data)  # __post_init__ converts image_size, sinkhorn and the decision rules
 
 
 def list_presets() -> list[str]:

@@ -10,7 +10,8 @@ Typical use::
 another is given) on the positives and negatives, takes the supports' maps (a positive's pixel mask as
 it is; else its prior map, refined first when the decision rule says so: ``Predictor.support_map``) and
 encodes the supports once; the returned :class:`ClassSegmenter` then predicts any number of queries
-under the pipeline's decision rule (the model's, with the run's overrides: :func:`override_rule`).
+under the pipeline's decision rule for its kind of supports (the model's ``decision``, or its
+``decision_masks`` when every support has a pixel mask; with the run's overrides: :func:`override_rule`).
 Every image is run through the backbone at most once while the pipeline holds its taps
 (:class:`TapCache`; :meth:`FewShotPipeline.forget_images` drops them), and the co-segmentation prior reads
 those taps instead of running a backbone of its own when they are the ones it would compute.
@@ -192,11 +193,14 @@ class FewShotPipeline:
         vocabulary: the names of the classes that compete (CLIP Grad-CAM priors only).
         text: class name -> CLIP text embeddings for models that read text; default
             :func:`clip_text_source` (loaded on first use).
+        mask_rule: the decision rule of a class whose supports all carry pixel masks
+            (:meth:`rule_for`); default: the predictor's rule, as for every other class.
     """
 
     def __init__(self, predictor: Predictor, prior: TagPrior | None = None, vocabulary: Sequence[str] = (),
-                 text: TextSource | None = None) -> None:
+                 text: TextSource | None = None, mask_rule: DecisionRule | None = None) -> None:
         self.predictor = predictor
+        self.mask_rule = predictor.decision if mask_rule is None else mask_rule
         self.taps = TapCache(predictor)
         self._given_prior = prior
         self._prior: TagPrior | None = prior
@@ -208,20 +212,28 @@ class FewShotPipeline:
                    threshold: float | None = None, snap: bool = True, refine_supports: bool | None = None,
                    precision: str = "auto", **kwargs: Any) -> FewShotPipeline:
         """A pipeline on ``model`` (a name or path ``hhn.factory.create_model`` takes, or an ``HHN``) under
-        its decision rule with the overrides of :func:`override_rule`, computing at ``precision``
+        its decision rules (``decision``, and ``decision_masks`` for classes with pixel-mask supports) with
+        the overrides of :func:`override_rule` (a given ``decision`` replaces both), computing at ``precision``
         (``hhn.device_names.PRECISIONS``, see ``Predictor``); ``kwargs`` go to the constructor."""
         if isinstance(model, str | os.PathLike):
             from hhn.factory import create_model
 
             model = create_model(os.fspath(model), device=device)
-        rule = override_rule(model.config.decision, decision=decision, threshold=threshold, snap=snap,
-                             refine_supports=refine_supports)
-        return cls(Predictor(model, device=device, decision=rule, precision=precision), **kwargs)
+        declared = model.config.decision
+        rule, mask_rule = (override_rule(own, decision=decision, threshold=threshold, snap=snap,
+                                         refine_supports=refine_supports)
+                           for own in (declared, model.config.decision_masks or declared))
+        return cls(Predictor(model, device=device, decision=rule, precision=precision), mask_rule=mask_rule, **kwargs)
 
     @property
     def rule(self) -> DecisionRule:
-        """The decision rule of every class this pipeline fits."""
+        """The decision rule of a class learnt from tags (at least one support without a pixel mask)."""
         return self.predictor.decision
+
+    def rule_for(self, supports: Sequence[TaggedImage]) -> DecisionRule:
+        """The decision rule of a class learnt from ``supports``: :attr:`mask_rule` when every support carries
+        a pixel mask, else :attr:`rule`."""
+        return self.mask_rule if supports and all(s.mask is not None for s in supports) else self.rule
 
     @property
     def prior(self) -> TagPrior:
@@ -264,9 +276,9 @@ class FewShotPipeline:
     def encode_class(self, name: str, prior: ClassPrior, supports: Sequence[TaggedImage],
                      rule: DecisionRule | None = None) -> ClassSegmenter:
         """Encode the class's supports once: a support's pixel mask as it is, else its map under ``prior``
-        (refined first when ``rule`` refines supports: ``Predictor.support_map``); ``rule`` (default the
-        pipeline's) is also the segmenter's rule."""
-        rule = self.rule if rule is None else rule
+        (refined first when ``rule`` refines supports: ``Predictor.support_map``); ``rule`` (default
+        :meth:`rule_for` the supports) is also the segmenter's rule."""
+        rule = self.rule_for(supports) if rule is None else rule
         images, maps = [], []
         for support in supports:
             images.append(self.taps(support.pixels))

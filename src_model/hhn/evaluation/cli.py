@@ -51,7 +51,7 @@ def _build_methods(args, features, rules: list[DecisionRule | None], trim: tuple
 
     pipeline = FewShotPipeline.from_model(args.model, device=args.device_obj)
     shared: dict = {}
-    return [methods.HHNMethod(pipeline, decision=rule, shared=shared) for rule in rules]
+    return [methods.HHNMethod(pipeline, decision=rule, shared=shared, support=args.support) for rule in rules]
 
 
 def run_eval_cli(args) -> int:

@@ -134,7 +134,9 @@ class HHNMethod(Method):
 
     Args:
         pipeline: an ``hhn.pipeline.FewShotPipeline`` (its text source serves models that read CLIP text).
-        decision: the ``hhn.config.DecisionRule`` to score (default: the pipeline's).
+        decision: the ``hhn.config.DecisionRule`` to score (default: the pipeline's rule for ``support``).
+        support: ``"tags"`` or ``"masks"``, the episodes' support supervision: under ``masks`` the default
+            rule is the pipeline's ``mask_rule`` (``FewShotPipeline.rule_for``), as in the product.
         shared: a dict shared by several ``HHNMethod`` on one pipeline (different rules): the network then
             runs once per episode for all of them that encode the supports alike (``refine_supports`` and,
             with it, the same trim and snap).
@@ -144,9 +146,10 @@ class HHNMethod(Method):
     needs_query_prior = True
     needs_support_masks = False  # under tags the pipeline maps the supports with the class prior itself
 
-    def __init__(self, pipeline, decision=None, shared: dict | None = None) -> None:
+    def __init__(self, pipeline, decision=None, shared: dict | None = None, support: str = "tags") -> None:
         self.pipeline = pipeline
-        self.decision = decision if decision is not None else pipeline.rule
+        self.decision = decision if decision is not None else (
+            pipeline.mask_rule if support == "masks" else pipeline.rule)
         self._shared = shared if shared is not None else {}
 
     def predict(self, inputs: MethodInputs) -> np.ndarray:
