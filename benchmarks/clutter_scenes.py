@@ -621,16 +621,19 @@ def measure(scenes: Sequence[Scene], images: Path, args, project_root: Path) -> 
 
 
 def format_table(support: str, rows: dict, scenes_info: dict) -> str:
-    """One support type's methods as a Markdown table (class cells: IoU / precision)."""
+    """One support type's methods as a Markdown table (class cells: IoU / precision / recall)."""
     head = (f"support: {support} ({len(scenes_info['tagged'])} tagged composites, {scenes_info['queries']} queries; "
-            "class cells: IoU / precision)")
+            "class cells: IoU / precision / recall)")
     lines = [head,
              "| method | mIoU | FB-IoU | " + " | ".join(CLASSES) + " | seconds |",
              "|---" * (len(CLASSES) + 4) + "|"]
+
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}"
+
     for method in METHODS:
         r = rows[method]
-        cells = [f"{r['iou'][c]:.1f} / " + ("-" if r["precision"][c] is None else f"{r['precision'][c]:.2f}")
-                 for c in CLASSES]
+        cells = [f"{r['iou'][c]:.1f} / {ratio(r['precision'][c])} / {ratio(r['recall'][c])}" for c in CLASSES]
         lines.append(f"| {method} | {r['miou']:.1f} | {r['fbiou']:.1f} | " + " | ".join(cells)
                      + f" | {r['seconds']:.0f} |")
     return "\n".join(lines)
@@ -666,6 +669,18 @@ def check_only(data, data_root: Path, options: SceneOptions, seed: int, work: Pa
     return 1 if problems else 0
 
 
+def render(record: Path, seed: int) -> int:
+    """Print the two tables of ``record``'s last line for ``seed`` (the model card's section)."""
+    rows = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["seed"] == seed]
+    if not rows:
+        print(f"{record} has no line for seed {seed}", file=sys.stderr)
+        return 1
+    print("\n\n".join(format_table(support, rows[-1]["runs"][support], rows[-1]["scenes"])
+                      for support in ("tags", "masks")))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from hhn.data import open_dataset
 
@@ -691,7 +706,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="append one JSON line to this file ('' for none)")
     p.add_argument("--check-only", action="store_true", help="build and check the scenes only (no model)")
     p.add_argument("--preview", default=None, help="save a few composites beside their label maps in this folder")
+    p.add_argument("--render", default=None, metavar="RECORD",
+                   help="print the tables of RECORD's last line for --seed (as the model card shows them) and stop")
     args = p.parse_args(argv)
+    if args.render:
+        return render(Path(args.render), args.seed)
     if args.tagged < 1 or args.queries < 1:
         p.error("--tagged and --queries must be at least 1")
 
