@@ -96,6 +96,26 @@ def test_snap_on_a_large_image_works_at_the_capped_side_and_returns_full_size():
     assert snapped.shape == disk.shape and _iou(snapped, disk) > 0.9 > _iou(mask, disk)
 
 
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_a_small_objects_band_is_capped_by_its_size(monkeypatch, scale):
+    import hhn.refine as refine
+
+    monkeypatch.setattr(refine, "SNAP_OBJECT_SCALE", scale)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)  # the same noise inside and outside
+    mask = np.zeros((200, 200), bool)
+    mask[80:120, 80:120] = True  # 40 x 40 px: the frame's band (0.06: 17 px) would erode it to nothing
+    mask[10:12, 10:12] = True  # a speck: the cap follows the largest part, not the smallest
+    snapped = snap_to_edges(image, mask, 0.06)
+    radius = 17 if scale is None else round(0.3 * 40)  # 12 px
+    core = ndimage.binary_erosion(mask, ndimage.generate_binary_structure(2, 1), iterations=radius)
+    assert snapped[core].all()  # the sure-foreground core is always kept
+    outer = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(2, 1), iterations=radius)
+    assert not snapped[~outer].any()  # nothing joins beyond the band
+    if scale is not None:
+        assert core.sum() == 16 * 16  # a core exists only with the cap
+
+
 @pytest.mark.parametrize("cover", ["none", "all"])
 def test_snap_without_an_outside_or_inside_returns_the_mask(cover):
     image, _ = _disk_scene()
