@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(blend with the query prior, then threshold), optionally followed by ,trim:A/B/C "
                         "(trim to the query's own appearance, tap weights A/B/C) and/or ,snap:BAND (snap to the "
                         "image's edges with GrabCut, band as a fraction of the diagonal) and ,supports:refined "
-                        "(tag supports refined with those steps before encoding), e.g. "
+                        "(tag supports refined with those steps before encoding) and ,flip:EXCESS (a class "
+                        "learnt from tags whose support maps cover the frames' borders by more than EXCESS is "
+                        "flipped), e.g. "
                         "0.5,0.6,trim:1/0.5/0,snap:0.06 (default: the model's rule); repeat it "
                         "to score several rules on one network pass (one JSON line each; rules that encode "
                         "the supports differently take a pass each)")

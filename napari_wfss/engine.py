@@ -46,7 +46,8 @@ Cancellation: ``should_stop()`` is asked before each class's support preparation
 query image; once it returns True the images already started are finished, stored and yielded, and
 the run ends. A query that cannot be read
 yields a :class:`ProposalResult` with ``error`` set and the run goes on; a support image that cannot
-be read is left out with a note in :attr:`Engine.warnings`.
+be read is left out with a note in :attr:`Engine.warnings`, and so is a class whose tag prior the
+inversion guard turned round (``hhn.priors.orientation``: the reason and what to do about it).
 
 Torch and the model modules of :mod:`hhn` are imported on first use, so importing this module stays light.
 """
@@ -476,7 +477,10 @@ class Engine:
             raise EngineError(f"class {plan.name!r}: none of its images can be read "
                               f"({', '.join(plan.positives[:5])}); fix or re-tag them")
         supports = [positives[rel] for rel in plan.supports if rel in positives]
-        return self.pipeline().fit(plan.name, list(positives.values()), negatives, supports=supports)
+        segmenter = self.pipeline().fit(plan.name, list(positives.values()), negatives, supports=supports)
+        if segmenter.orientation is not None and segmenter.orientation.flipped:
+            self.warnings.append(segmenter.orientation.message())
+        return segmenter
 
     # ------------------------------------------------------------------ run
     def propose(

@@ -167,8 +167,8 @@ class ProposalOptions:
                                  "before its trim and snap (default: the rule's own)")
         parser.add_argument("--decision", default=None, metavar="RULE",
                             help="override the model's decision rule, as in `wfss eval --decision`: 'argmax' or "
-                                 "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND][,supports:refined], e.g. "
-                                 "0.5,0.6,trim:1/0.5/0 (default: the model's rule)")
+                                 "PRIOR_WEIGHT,THRESHOLD[,trim:A/B/C][,snap:BAND][,supports:refined][,flip:EXCESS], "
+                                 "e.g. 0.5,0.6,trim:1/0.5/0 (default: the model's rule)")
         parser.add_argument("--no-snap", dest="snap", action="store_false",
                             help="leave out the rule's snap to the image's colour edges (GrabCut), e.g. for images "
                                  "whose colour edges do not follow the objects")

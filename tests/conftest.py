@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from hhn.priors.base import ClassPrior
+
 TESTS_DIR = Path(__file__).resolve().parent
 
 _TINY_MODEL = """
@@ -46,6 +48,17 @@ def keep_only(folder: Path, names: set[str]) -> Path:
         if p.name not in names:
             p.unlink()
     return folder
+
+
+class FnPrior(ClassPrior):
+    """A fitted class prior whose map of an image is ``fn(pixels)``."""
+
+    def __init__(self, class_name, fn):
+        super().__init__(class_name)
+        self.fn = fn
+
+    def _map(self, pixels):
+        return self.fn(pixels)
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import FnPrior
 from PIL import Image
 
 from hhn.config import DecisionRule
 from hhn.errors import UserError
-from hhn.priors.base import ClassPrior, TagPrior, as_tagged
+from hhn.priors.base import TagPrior, as_tagged
 from napari_wfss.engine import (
     USER_MASK_KEPT,
     Engine,
@@ -51,15 +52,6 @@ def session(tmp_path):
         for t in tags:
             s.tag(rel, t, add_class=True)
     return s
-
-
-class FnPrior(ClassPrior):
-    def __init__(self, class_name, fn):
-        super().__init__(class_name)
-        self.fn = fn
-
-    def _map(self, pixels):
-        return self.fn(pixels)
 
 
 class MapPrior(TagPrior):
@@ -487,13 +479,13 @@ def test_engine_decision_overrides_the_models_rule():
     with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
         Engine(FakePredictor(), decision=rule).load()
     without_snap = Engine("preset:wfss-lite0", device="cpu", snap=False).load().decision
-    assert without_snap == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), None)  # the preset's rule minus its snap
+    assert without_snap == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), None, flip_border=0.1)  # minus its snap
     with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
         Engine(FakePredictor(), snap=False).load()
     refining = Engine("preset:wfss-lite0", device="cpu", refine_supports=True).load().decision
-    assert refining == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06, refine_supports=True)
+    assert refining == DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06, refine_supports=True, flip_border=0.1)
     assert Engine("preset:wfss-lite0", device="cpu", decision=refining, refine_supports=False).load().decision == (
-        DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06))
+        DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06, flip_border=0.1))
     with pytest.raises(EngineError, match="give the decision rule to the Predictor"):
         Engine(FakePredictor(), refine_supports=True).load()
 
@@ -501,11 +493,11 @@ def test_engine_decision_overrides_the_models_rule():
 def test_a_given_threshold_becomes_the_rules_threshold():
     # the rule thresholds each class at the user's value before its trim and snap, so the pixels the
     # snap adds (scored at the rule's threshold) are not dropped by a higher user threshold
-    shipped = DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06)
+    shipped = DecisionRule(0.5, 0.6, (1.0, 0.5, 0.0), 0.06, flip_border=0.1)
     assert Engine("preset:wfss-lite0", device="cpu", threshold=0.8).load().decision == DecisionRule(
-        0.5, 0.8, (1.0, 0.5, 0.0), 0.06)
+        0.5, 0.8, (1.0, 0.5, 0.0), 0.06, flip_border=0.1)
     assert Engine("preset:wfss-lite0", device="cpu", threshold=0.3, snap=False).load().decision == DecisionRule(
-        0.5, 0.3, (1.0, 0.5, 0.0), None)
+        0.5, 0.3, (1.0, 0.5, 0.0), None, flip_border=0.1)
     for edge in (0.0, 1.0):  # outside the rule's open range: the rule keeps its own, the resolver uses it
         engine = Engine("preset:wfss-lite0", device="cpu", threshold=edge)
         assert engine.load().decision == shipped and engine.threshold == edge

@@ -104,13 +104,13 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     assert code == 0
     only_prior, network, trimmed, snapped, refined = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert only_prior["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": None, "snap": None,
-                                      "refine_supports": False}
+                                      "refine_supports": False, "flip_border": None}
     assert trimmed["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": None,
-                                   "refine_supports": False}
+                                   "refine_supports": False, "flip_border": None}
     assert snapped["decision"] == {"prior_weight": 1.0, "threshold": 0.5, "trim": [1.0, 0.5, 0.0], "snap": 0.06,
-                                   "refine_supports": False}
+                                   "refine_supports": False, "flip_border": None}
     assert refined["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None, "snap": 0.06,
-                                   "refine_supports": True}
+                                   "refine_supports": True, "flip_border": None}
     for c in prior["per_class"]:  # the trim only removes foreground: never more recall than the prior
         assert trimmed["recall"][c] <= only_prior["recall"][c] + 1e-9
     assert snapped["per_class"] != trimmed["per_class"]  # the snap changed masks
@@ -118,7 +118,7 @@ def test_hhn_decision_rules_share_one_pass_and_weight_one_is_the_prior_alone(syn
     alone = _eval(capsys, synth, "--method", "hhn", "--model", tiny_model, "--decision", "argmax", *args,
                   cache=feature_cache)
     assert network["decision"] == alone["decision"] == {"prior_weight": 0.0, "threshold": 0.5, "trim": None,
-                                                        "snap": None, "refine_supports": False}
+                                                        "snap": None, "refine_supports": False, "flip_border": None}
     assert network["per_class"] == alone["per_class"]  # the shared pass scores like a run of its own
     assert main(["eval", "--data", str(synth), "--test-classes", "square", "--model", tiny_model,
                  "--decision", "0.5"]) == 2

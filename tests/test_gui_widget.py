@@ -147,6 +147,38 @@ def test_open_tag_propose_edit_accept_export_resume(widget, sample_images, tiny_
     assert widget.current == r.images[0]
 
 
+def test_two_class_sample_route_is_not_inverted_and_says_so(widget, sample_images, qtbot, monkeypatch):
+    """Issue 24's route: coin and cat, two tagged images each, the default model. Both classes' tag priors
+    mark the surroundings; the inversion guard refits them the other way round and the widget says so."""
+    import napari.utils.notifications as notifications
+
+    from napari_wfss._engine_process import DEFAULT_ENGINE
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", lambda message: shown.append(message))
+    widget.engine_spec = DEFAULT_ENGINE
+    widget.model_edit.setText("default")
+    widget.device_combo.setCurrentText("cpu")
+    keep_only(sample_images, {f"coin_0{i}.png" for i in range(4)} | {f"cat_0{i}.png" for i in range(4)})
+    widget.open_folder(sample_images)
+    widget.add_class("coin")
+    widget.add_class("cat")
+    for rel, index in (("coin_00.png", 0), ("coin_01.png", 0), ("cat_00.png", 1), ("cat_01.png", 1)):
+        widget.show_image(rel)
+        widget.toggle_tag_index(index)
+    widget.propose()
+    _wait_run(qtbot, widget, timeout=600_000)
+    flips = sorted(m.split(":")[0] for m in shown if "the tag prior marked the edges" in m)
+    assert flips == ["cat", "coin"]
+    s = widget.session
+    cat = s.classes.get("cat").id
+    for rel in ("cat_02.png", "cat_03.png"):
+        label_map = s.proposal(rel)
+        h, w = label_map.shape
+        assert label_map[h // 2, w // 2] == cat  # the cat's face fills the middle of these crops
+        assert (label_map == cat).mean() > 0.4
+
+
 def test_cancel_midway_keeps_finished_proposals(widget, sample_images, qtbot, monkeypatch):
     from napari_wfss.session import PROPOSED, UNTAGGED
 

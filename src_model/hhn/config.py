@@ -53,9 +53,13 @@ class DecisionRule:
     and raised to ``threshold`` where one joins it. With ``refine_supports``, a support known by its
     tags only is refined the same way before it is encoded: its prior thresholded at 0.5, trimmed and
     snapped with the rule's steps on the support's own pixels (:meth:`hhn.predictor.Predictor.support_map`);
-    supports with a pixel mask are used as they are. The default (0, 0.5, no trim, no snap, supports
-    as given) is the network's own argmax, as in the released code. A trained model may carry another rule, chosen on
-    development episodes and stored with its config (``wfss-lite0``: see MODEL_CARD.md).
+    supports with a pixel mask are used as they are. With ``flip_border``, a class learnt from tags only
+    whose supports' prior maps cover the frame's border band more than its inside by more than that
+    (median :func:`hhn.priors.orientation.border_excess`) has its prior used the other way round, for its
+    supports and queries (:func:`hhn.priors.orientation.orient`). The default (0, 0.5, no trim, no snap,
+    supports as given, no flip) is the network's own argmax, as in the released code. A trained model may
+    carry another rule, chosen on development episodes and stored with its config (``wfss-lite0``: see
+    MODEL_CARD.md).
     """
 
     prior_weight: float = 0.0
@@ -63,6 +67,7 @@ class DecisionRule:
     trim: tuple[float, ...] | None = None
     snap: float | None = None
     refine_supports: bool = False
+    flip_border: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.refine_supports, bool):
@@ -72,10 +77,11 @@ class DecisionRule:
             object.__setattr__(self, "threshold", float(self.threshold))
             trim = None if self.trim is None else tuple(float(w) for w in self.trim)
             snap = None if self.snap is None else float(self.snap)
+            flip = None if self.flip_border is None else float(self.flip_border)
         except (TypeError, ValueError):
             raise UserError(f"decision rule needs numbers: prior_weight, threshold, three trim tap weights or "
-                            f"null, a snap band or null; got {self.prior_weight!r}, {self.threshold!r}, "
-                            f"{self.trim!r}, {self.snap!r}") from None
+                            f"null, a snap band or null, a flip border excess or null; got {self.prior_weight!r}, "
+                            f"{self.threshold!r}, {self.trim!r}, {self.snap!r}, {self.flip_border!r}") from None
         if not (0.0 <= self.prior_weight <= 1.0 and 0.0 < self.threshold < 1.0):
             raise UserError(f"decision rule needs prior_weight in [0, 1] and threshold in (0, 1), got "
                             f"{self.prior_weight} and {self.threshold}")
@@ -88,10 +94,15 @@ class DecisionRule:
             if not 0.0 < snap < 0.5:
                 raise UserError(f"decision rule snap needs a band in (0, 0.5) of the image diagonal, got {self.snap}")
             object.__setattr__(self, "snap", snap)
+        if flip is not None:
+            if not 0.0 <= flip < 1.0:
+                raise UserError(f"decision rule flip_border needs a border excess in [0, 1), got {self.flip_border}")
+            object.__setattr__(self, "flip_border", flip)
 
     @property
     def is_argmax(self) -> bool:
-        """True for the network's own decision (no prior blended in, threshold 0.5, no trim, no snap)."""
+        """True for the network's own per-query decision (no prior blended in, threshold 0.5, no trim, no snap;
+        ``flip_border`` acts when a class is learnt, not here)."""
         return self.prior_weight == 0.0 and self.threshold == 0.5 and self.trim is None and self.snap is None
 
 
@@ -108,23 +119,25 @@ def parse_trim_weights(text: str) -> tuple[float, ...]:
 def parse_decision_rule(text: str) -> DecisionRule:
     """A rule written on a command line: ``argmax`` (the network alone), or ``W,T`` (prior weight,
     threshold) optionally followed by ``,trim:A/B/C`` (trim to the query's own appearance with tap
-    weights A, B, C), ``,snap:BAND`` (snap to the image's edges) and ``,supports:refined`` (tag
-    supports refined with those steps before encoding; ``supports:prior``, the default, leaves them);
+    weights A, B, C), ``,snap:BAND`` (snap to the image's edges), ``,supports:refined`` (tag
+    supports refined with those steps before encoding; ``supports:prior``, the default, leaves them) and
+    ``,flip:EXCESS`` (the inversion guard's ``flip_border``);
     the trim always runs first (``hhn.refine``). Raises ``UserError`` with the expected form."""
     if text == "argmax":
         return DecisionRule()
     parts = text.split(",")
     try:
         steps = dict(part.split(":", 1) for part in parts[2:])
-        if (len(parts) < 2 or set(steps) - {"trim", "snap", "supports"} or len(steps) != len(parts) - 2
+        if (len(parts) < 2 or set(steps) - {"trim", "snap", "supports", "flip"} or len(steps) != len(parts) - 2
                 or steps.get("supports", "prior") not in ("prior", "refined")):
             raise ValueError
         trim = parse_trim_weights(steps["trim"]) if "trim" in steps else None
         snap = float(steps["snap"]) if "snap" in steps else None
-        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap, steps.get("supports") == "refined")
+        flip = float(steps["flip"]) if "flip" in steps else None
+        return DecisionRule(float(parts[0]), float(parts[1]), trim, snap, steps.get("supports") == "refined", flip)
     except ValueError:
         raise UserError(f"a decision rule must be 'argmax' or PRIOR_WEIGHT,THRESHOLD (e.g. 0.5,0.8), optionally "
-                        f"followed by ,trim:A/B/C, ,snap:BAND and ,supports:refined (e.g. "
+                        f"followed by ,trim:A/B/C, ,snap:BAND, ,supports:refined and ,flip:EXCESS (e.g. "
                         f"0.5,0.6,trim:1/0.5/0,snap:0.06), got {text!r}") from None
 
 

@@ -35,6 +35,7 @@ from hhn.config import DecisionRule
 from hhn.predictor import EncodedImage, Prediction, Predictor, QueryLogits
 from hhn.priors.base import ClassPrior, TaggedImage, TagPrior
 from hhn.priors.features import image_key
+from hhn.priors.orientation import Orientation, orient
 
 if TYPE_CHECKING:
     import torch
@@ -145,13 +146,16 @@ def decision_threads() -> int:
 class ClassSegmenter:
     """One class, learnt: its fitted tag prior and its encoded supports. Predicts any query.
 
-    ``prior``: the fitted ``ClassPrior``; ``support``: the encoded ``SupportSet``; ``rule``: the decision
-    rule the supports were encoded under and the default of every prediction.
+    ``prior``: the fitted ``ClassPrior`` (refitted the other way round when the inversion guard said so);
+    ``support``: the encoded ``SupportSet``; ``rule``: the decision rule the supports were encoded under and
+    the default of every prediction; ``orientation``: what the inversion guard found
+    (``hhn.priors.orientation.Orientation``), None when it did not run.
     """
 
     def __init__(self, pipeline: FewShotPipeline, name: str, prior: ClassPrior, support: Any,
-                 rule: DecisionRule) -> None:
+                 rule: DecisionRule, orientation: Orientation | None = None) -> None:
         self.pipeline, self.name, self.prior, self.support, self.rule = pipeline, name, prior, support, rule
+        self.orientation = orientation
 
     def logits(self, queries: Sequence[np.ndarray | EncodedImage],
                priors: Sequence[np.ndarray] | None = None) -> list[QueryLogits]:
@@ -273,11 +277,20 @@ class FewShotPipeline:
         """Fit the class's tag prior (positives' masks, where given, are trusted)."""
         return self.prior.fit(name, list(positives), list(negatives))
 
+    def orient(self, prior: ClassPrior, positives: Sequence[TaggedImage], supports: Sequence[TaggedImage],
+               rule: DecisionRule, refit: Callable[[list[TaggedImage]], ClassPrior] | None,
+               ) -> tuple[ClassPrior, Orientation | None]:
+        """The inversion guard (``hhn.priors.orientation.orient`` at ``rule.flip_border``): ``prior``, or the
+        class's prior refitted (``refit``) on the other side of its maps when its maps of the tag-only
+        ``supports`` cover the frames' borders; and what it found."""
+        return orient(prior, positives, supports, rule.flip_border, refit)
+
     def encode_class(self, name: str, prior: ClassPrior, supports: Sequence[TaggedImage],
-                     rule: DecisionRule | None = None) -> ClassSegmenter:
+                     rule: DecisionRule | None = None, orientation: Orientation | None = None) -> ClassSegmenter:
         """Encode the class's supports once: a support's pixel mask as it is, else its map under ``prior``
         (refined first when ``rule`` refines supports: ``Predictor.support_map``); ``rule`` (default
-        :meth:`rule_for` the supports) is also the segmenter's rule."""
+        :meth:`rule_for` the supports) is also the segmenter's rule; ``orientation``: what :meth:`orient`
+        found, kept on the segmenter."""
         rule = self.rule_for(supports) if rule is None else rule
         images, maps = [], []
         for support in supports:
@@ -286,12 +299,16 @@ class FewShotPipeline:
             maps.append(prior_map if support.mask is not None
                         else self.predictor.support_map(images[-1], prior_map, rule))
         encoded = self.predictor.encode_support(images, maps, text=self.text(name))
-        return ClassSegmenter(self, name, prior, encoded, rule)
+        return ClassSegmenter(self, name, prior, encoded, rule, orientation)
 
     def fit(self, name: str, positives: Sequence[TaggedImage], negatives: Sequence[np.ndarray] = (),
             shots: int | None = None, supports: Sequence[TaggedImage] | None = None) -> ClassSegmenter:
-        """Learn one class: fit its prior on ``positives`` and ``negatives``, then encode its supports:
-        ``supports`` (among the positives) when given, else the first ``shots`` positives (all: None)."""
+        """Learn one class: fit its prior on ``positives`` and ``negatives``, orient it (:meth:`orient`), then
+        encode its supports: ``supports`` (among the positives) when given, else the first ``shots`` positives
+        (all: None)."""
         prior = self.fit_prior(name, positives, negatives)
         chosen = list(supports) if supports is not None else list(positives)[:shots]
-        return self.encode_class(name, prior, chosen)
+        rule = self.rule_for(chosen)
+        prior, orientation = self.orient(prior, positives, chosen, rule,
+                                         lambda flipped: self.fit_prior(name, flipped, negatives))
+        return self.encode_class(name, prior, chosen, rule, orientation)

@@ -14,7 +14,8 @@ under ``tags`` they are the support priors (``float32`` in ``[0, 1]``), which ``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -33,7 +34,10 @@ class MethodInputs:
     class_name: the episode class. query_image / support_images: ``uint8 (H, W, 3)``. support_masks:
     ``uint8`` {0, 1, 255} ground truth (``masks``) or ``float32`` priors in [0, 1] (``tags``). query_prior:
     ``float32 (H, W)`` in [0, 1] or None when the method does not use one. class_prior: the episode class's
-    fitted ``ClassPrior`` (the one that gave the priors), or None when no method uses a prior.
+    fitted ``ClassPrior`` (the one that gave the priors), or None when no method uses a prior. For the
+    inversion guard (``hhn.priors.orientation.orient``): prior_positives, the images the class prior was
+    fitted on (supports first, then the episode's extra positives), and refit_prior, the episode class's
+    tag prior fitted again on given positives with the same negatives (None when no method uses a prior).
     """
 
     class_name: str
@@ -42,6 +46,8 @@ class MethodInputs:
     support_masks: list[np.ndarray]
     query_prior: np.ndarray | None
     class_prior: ClassPrior | None = None
+    prior_positives: list[TaggedImage] = field(default_factory=list)
+    refit_prior: Callable[[list[TaggedImage]], ClassPrior] | None = None
 
 
 class Method(ABC):
@@ -130,7 +136,8 @@ class HHNMethod(Method):
     """The network through the product's few-shot pipeline (``hhn.pipeline.FewShotPipeline``): the episode
     class's fitted prior and its supports (true masks, used as they are, or tags: their prior maps, refined
     when the rule says so) encoded by ``FewShotPipeline.encode_class``, the query predicted by the
-    resulting ``ClassSegmenter`` with the query prior the runner computed.
+    resulting ``ClassSegmenter`` with the query prior the runner computed; under tags, the class's prior
+    first oriented by the rule's inversion guard (``FewShotPipeline.orient``), as in the product.
 
     Args:
         pipeline: an ``hhn.pipeline.FewShotPipeline`` (its text source serves models that read CLIP text).
@@ -139,7 +146,7 @@ class HHNMethod(Method):
             rule is the pipeline's ``mask_rule`` (``FewShotPipeline.rule_for``), as in the product.
         shared: a dict shared by several ``HHNMethod`` on one pipeline (different rules): the network then
             runs once per episode for all of them that encode the supports alike (``refine_supports`` and,
-            with it, the same trim and snap).
+            with it, the same trim and snap; under tags, the same ``flip_border``).
     """
 
     name = "hhn"
@@ -159,10 +166,14 @@ class HHNMethod(Method):
             self.pipeline.forget_images()
         given = [m for m in inputs.support_masks if m.dtype == np.uint8]  # true masks; tags: none given
         refine = self.decision.refine_supports and not given
-        encoding = ("refined", self.decision.trim, self.decision.snap) if refine else "as given"
+        encoding = (("refined", self.decision.trim, self.decision.snap) if refine else "as given",
+                    None if given else self.decision.flip_border)
         if encoding not in self._shared:  # one network pass per episode and way of encoding the supports
             masks: list[np.ndarray | None] = [binary_to_float(m) for m in given] or [None] * len(inputs.support_images)
             supports = [TaggedImage(im, m) for im, m in zip(inputs.support_images, masks)]
-            segmenter = self.pipeline.encode_class(inputs.class_name, inputs.class_prior, supports, self.decision)
-            self._shared[encoding], = segmenter.logits([inputs.query_image], [inputs.query_prior])
+            prior, orientation = self.pipeline.orient(inputs.class_prior, inputs.prior_positives or supports, supports,
+                                                      self.decision, inputs.refit_prior)
+            query_prior = inputs.query_prior if prior is inputs.class_prior else prior(inputs.query_image)
+            segmenter = self.pipeline.encode_class(inputs.class_name, prior, supports, self.decision, orientation)
+            self._shared[encoding], = segmenter.logits([inputs.query_image], [query_prior])
         return self.pipeline.predictor.decide(self._shared[encoding], self.decision).mask

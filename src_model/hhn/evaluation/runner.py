@@ -45,7 +45,8 @@ def evaluate(dataset: SegmentationDataset, sampler: EpisodeSampler, methods: Seq
     for i, episode in enumerate(sampler.episodes(episodes)):
         data = load_episode(dataset, episode, supervision)
         support_masks = data.support_masks or []
-        query_prior = class_prior = None
+        query_prior = class_prior = refit = None
+        positives = []
         if need_prior and prior is not None:  # prior is not None: checked above
             no_masks: list[np.ndarray | None] = [None] * len(data.support_images)
             given = data.support_masks or no_masks
@@ -54,12 +55,15 @@ def evaluate(dataset: SegmentationDataset, sampler: EpisodeSampler, methods: Seq
             positives += [TaggedImage(dataset.load_image(n)) for n in episode.positives]
             negatives = [dataset.load_image(n) for n in episode.negatives]
             class_prior = prior.fit(episode.class_name, positives, negatives)
+
+            def refit(flipped, name=episode.class_name, negatives=negatives):
+                return prior.fit(name, flipped, negatives)
             if need_support_priors:
                 support_masks = [class_prior(p) for p in positives[:len(data.support_images)]]
             if need_query_prior:
                 query_prior = class_prior(data.query_image)
         inputs = MethodInputs(episode.class_name, data.query_image, data.support_images, support_masks, query_prior,
-                              class_prior)
+                              class_prior, positives, refit)
         for method, meter in zip(methods, meters):
             meter.update(episode.class_name, method.predict(inputs), data.query_mask)
         if progress is not None:
