@@ -55,11 +55,11 @@ class DecisionRule:
     snapped with the rule's steps on the support's own pixels (:meth:`hhn.predictor.Predictor.support_map`);
     supports with a pixel mask are used as they are. With ``flip_border``, a class learnt from tags only
     whose supports' prior maps cover the frame's border band more than its inside by more than that
-    (median :func:`hhn.priors.orientation.border_excess`) has its prior used the other way round, for its
-    supports and queries (:func:`hhn.priors.orientation.orient`). The default (0, 0.5, no trim, no snap,
-    supports as given, no flip) is the network's own argmax, as in the released code. A trained model may
-    carry another rule, chosen on development episodes and stored with its config (``wfss-lite0``: see
-    MODEL_CARD.md).
+    (median :func:`hhn.priors.orientation.border_excess`) has its prior fitted again on the other side of
+    those maps, for its supports and queries (:func:`hhn.priors.orientation.orient`). The default (0,
+    0.5, no trim, no snap, supports as given, no flip) is the network's own argmax, as in the released
+    code. A trained model may carry another rule, chosen on development episodes and stored with its
+    config (``wfss-lite0``: see MODEL_CARD.md).
     """
 
     prior_weight: float = 0.0
