@@ -11,9 +11,12 @@ gradients and batch statistics summed in another order): measured at most 1.1e-6
 mistakes this test guards against reach 2e-3 and more within 6 steps (measured: BatchNorm not synchronised
 up to 6e-3, dropout masks not per episode up to 5e-3, each rank averaging the loss over its own pixels up
 to 5e-3: the masks have unequal void areas for that), so rel 1e-4 is 70x above the noise and at least 20x
-below each mistake's largest step difference. Final weights of runs under the same conditions (1 vs 2
-processes) differ by at most 8e-5 per tensor in relative norm (Adam's normalisation amplifies rounding in
-small GroupNorm biases); the mistakes above move some tensor by 5e-2 or more: 1e-3 is allowed. A resumed run
+below each mistake's largest step difference: the loss curve is the check that tells them apart. Final
+weights of runs under the same conditions (1 vs 2 processes) differ per tensor in relative norm by up to
+8e-5 on the Intel machine this was first measured on and up to 1.3e-2 on an AMD EPYC one (GroupNorm biases
+and BatchNorm running means: Adam's normalisation amplifies rounding in small tensors, and the CPU's kernels
+round differently), so 2e-2 is allowed: the weights check catches a run that saved other weights (a
+rank's unsynchronised copy, another step's), not the small mistakes above (5e-2 and more). A resumed run
 is compared with the uninterrupted one by its losses only (the float16 priors move some 16-element biases by
 2.5e-3, in one process as in two), and with the resumed single-process run, weights included.
 """
@@ -35,7 +38,7 @@ from hhn.errors import UserError
 
 STEPS = 6
 REL = 1e-4
-WEIGHTS_REL = 1e-3
+WEIGHTS_REL = 2e-2
 
 LAUNCHER = '''
 import os
