@@ -35,7 +35,13 @@ Usage::
 3. **Scores** over the queries, pixel counts pooled over all queries per class: IoU (percent), precision and
    recall; mIoU over the five classes; FB-IoU = mean of the IoU of foreground (any class) and of background.
 
-Prints one table per support type and appends one JSON line to ``--record`` (``--record ''``: none).
+4. **Presence** (engine rows, ``presence_study``): whether the engine's per-class presence decision
+   (``--min-score``, off by default) could help: the ROC AUC of its image-level score for queries showing a
+   class against those that do not, the scores it gives at a few minimums, and the bound of removing every
+   absent class from each map.
+
+Prints one table per support type (and one presence table) and appends one JSON line to ``--record``
+(``--record ''``: none).
 ``--check-only`` builds the scenes, checks them (label map vs pasted alpha, object sizes, disjoint sources,
 pairs; the cache against a fresh build when it exists) and stops: no model is loaded.
 """
@@ -68,6 +74,8 @@ IGNORE = 255
 PAD = 2  # px of room around a scaled object for its feathered edge
 VERSION = 1  # bump when the scenes a seed gives change (invalidates the cache)
 METHODS = ("shipped", "network", "prior", "map", "all-fg")
+ENGINE_METHODS = ("shipped", "network", "prior")  # the rows computed by the product's Engine
+MIN_SCORES = (0.5, 0.6, 0.7, 0.8)  # the presence decision's minimums the study tries (engine default: 0, off)
 
 
 # ============================================================================================ scenes
@@ -536,14 +544,62 @@ def _to_indices(label_map: np.ndarray, plan) -> np.ndarray:
     return lut[label_map]
 
 
-def propose_engine(engine, session, plan) -> dict[str, np.ndarray]:
-    """Query file -> label map (class indices) through ``Engine.propose`` (nothing stored)."""
+def propose_engine(engine, session, plan) -> dict[str, object]:
+    """Query file -> its ``ProposalResult`` from ``Engine.propose`` (nothing stored)."""
     out = {}
     for result in engine.propose(session, plan=plan, store=False):
         if result.error is not None:
             raise RuntimeError(f"{result.image}: {result.error}")
-        out[Path(result.image).name] = _to_indices(result.label_map, plan)
+        out[Path(result.image).name] = result
     return out
+
+
+def presence_study(results: dict, truth: dict[str, np.ndarray], plan,
+                   min_scores: Sequence[float] = MIN_SCORES) -> dict:
+    """Would a per-class presence decision help? From one method's ``ProposalResult`` per query (made with
+    ``min_score`` 0, the default) and the true label maps:
+
+    - ``auc``: per class and pooled, the ROC AUC of the image-level score the engine's presence decision
+      reads (``ProposalResult.scores``: the class's mean ``fg_prob`` over its pixels, 0 when it has none) for
+      the queries showing the class against those that do not (0.5: the score cannot tell them apart);
+    - ``min_score``: mIoU / FB-IoU after the engine's own decision (``engine.decide_no_class``) at each of
+      ``min_scores`` (what ``--min-score`` would give);
+    - ``oracle``: mIoU / FB-IoU when every class absent from a query is removed from its map (the best any
+      decision of that kind could reach).
+    """
+    import copy
+
+    from napari_wfss.engine import decide_no_class
+
+    shows = {name: {c: bool((label == k + 1).any()) for k, c in enumerate(CLASSES)} for name, label in truth.items()}
+    auc = {}
+    for c in [*CLASSES, None]:
+        pairs = [(shows[n][k], results[n].scores.get(k, 0.0)) for n in truth for k in ([c] if c else CLASSES)]
+        auc[c or "all"] = _auc([v for present, v in pairs if present], [v for present, v in pairs if not present])
+
+    def scored(drop) -> dict:
+        board = Scoreboard(CLASSES)
+        for name, label in truth.items():
+            result = copy.deepcopy(results[name])
+            drop(result, name)
+            board.update(_to_indices(result.label_map, plan), label)
+        summary = board.summary()
+        return {"miou": summary["miou"], "fbiou": summary["fbiou"]}
+
+    def absent(result, name) -> None:
+        result.label_map[np.isin(result.label_map, [c.id for c in plan.classes if not shows[name][c.name]])] = 0
+
+    return {"auc": auc, "oracle": scored(absent),
+            "min_score": {str(t): scored(lambda result, name, t=t: decide_no_class(result, t, plan.classes))
+                          for t in min_scores}}
+
+
+def _auc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """ROC AUC of scores (ties count half); None without both kinds."""
+    if not positive or not negative:
+        return None
+    pos, neg = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None]
+    return round(float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / pos.size / neg.size), 3)
 
 
 def propose_map(pipeline, features, session, plan, support: str) -> dict[str, np.ndarray]:
@@ -586,7 +642,7 @@ def measure(scenes: Sequence[Scene], images: Path, args, project_root: Path) -> 
     from hhn.priors.features import DenseFeatures
     from napari_wfss.engine import Engine, plan_run
 
-    engines = {"shipped": Engine("default", device="cpu", threads=args.threads, shots=5),
+    engines = {"shipped": Engine("default", device="cpu", threads=args.threads, shots=5),  # min_score 0: the default
                "network": Engine("default", device="cpu", threads=args.threads, shots=5, decision=DecisionRule()),
                "prior": Engine("default", device="cpu", threads=args.threads, shots=5,
                                decision=DecisionRule(prior_weight=1.0, threshold=0.5))}
@@ -600,15 +656,19 @@ def measure(scenes: Sequence[Scene], images: Path, args, project_root: Path) -> 
         try:
             for method in METHODS[:-1]:
                 t0 = time.perf_counter()
+                results = {}
                 if method == "map":
                     maps = propose_map(engines["shipped"].pipeline(), features, session, plan, support)
                 else:
-                    maps = propose_engine(engines[method], session, plan)
+                    results = propose_engine(engines[method], session, plan)
+                    maps = {name: _to_indices(r.label_map, plan) for name, r in results.items()}
                 seconds = round(time.perf_counter() - t0, 1)
                 board = Scoreboard(CLASSES)
                 for name, label in truth.items():
                     board.update(maps[name], label)
                 runs[support][method] = {**board.summary(), "seconds": seconds}
+                if results:
+                    runs[support][method]["presence"] = presence_study(results, truth, plan)
                 if method in engines and engines[method].warnings:
                     runs[support][method]["warnings"] = list(engines[method].warnings)
                 print(f"  {support} / {method}: mIoU {runs[support][method]['miou']:.1f} in {seconds} s",
@@ -637,6 +697,28 @@ def format_table(support: str, rows: dict, scenes_info: dict) -> str:
         lines.append(f"| {method} | {r['miou']:.1f} | {r['fbiou']:.1f} | " + " | ".join(cells)
                      + f" | {r['seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def format_presence(support: str, rows: dict) -> str:
+    """The presence study of one support type's engine rows as a Markdown table (``presence_study``)."""
+    lines = [(f"presence decision, support: {support} (AUC of the image-level score per class; mIoU / FB-IoU "
+              "with the engine's decision at each minimum, and with every absent class removed)"),
+             "| method | AUC all | " + " | ".join(f"AUC {c}" for c in CLASSES) + " | "
+             + " | ".join(f"min {t}" for t in MIN_SCORES) + " | absent removed |",
+             "|---" * (len(CLASSES) + len(MIN_SCORES) + 3) + "|"]
+
+    def auc(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    for method in ENGINE_METHODS:
+        study = rows[method].get("presence")
+        if study is None:
+            continue
+        cuts = [study["min_score"][str(t)] for t in MIN_SCORES]
+        lines.append(f"| {method} | {auc(study['auc']['all'])} | " + " | ".join(auc(study["auc"][c]) for c in CLASSES)
+                     + " | " + " | ".join(f"{v['miou']:.1f} / {v['fbiou']:.1f}" for v in cuts)
+                     + f" | {study['oracle']['miou']:.1f} / {study['oracle']['fbiou']:.1f} |")
+    return "\n".join(lines) if len(lines) > 3 else ""
 
 
 def _pair(text: str, kind):
@@ -676,8 +758,9 @@ def render(record: Path, seed: int) -> int:
     if not rows:
         print(f"{record} has no line for seed {seed}", file=sys.stderr)
         return 1
-    print("\n\n".join(format_table(support, rows[-1]["runs"][support], rows[-1]["scenes"])
-                      for support in ("tags", "masks")))
+    tables = [format_table(support, rows[-1]["runs"][support], rows[-1]["scenes"]) for support in ("tags", "masks")]
+    tables += [format_presence(support, rows[-1]["runs"][support]) for support in ("tags", "masks")]
+    print("\n\n".join(t for t in tables if t))
     return 0
 
 
@@ -746,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
                        "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads}}
     for support in ("tags", "masks"):
         print(format_table(support, runs[support], info) + "\n")
+        print(format_presence(support, runs[support]) + "\n")
     print(f"total {row['seconds']} s")
     if args.record:
         with open(args.record, "a", encoding="utf-8") as f:

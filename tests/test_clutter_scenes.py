@@ -183,3 +183,34 @@ def test_check_only_on_msrc(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "checks: passed" in out and "12 queries" in out
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+def test_presence_study_known_answers():
+    """Two queries, classes cow (id 7) and bird (id 9): q1 shows cow, q2 shows bird; cow is proposed on both
+    (scores 0.9 where it is, 0.55 where it is not), bird only on q2 (0.65)."""
+    from types import SimpleNamespace
+
+    from napari_wfss.engine import ProposalResult
+
+    cow, bird = cs.CLASSES.index("cow") + 1, cs.CLASSES.index("bird") + 1
+    plan = SimpleNamespace(classes=[SimpleNamespace(name="cow", id=7), SimpleNamespace(name="bird", id=9)])
+    truth = {"q1": np.zeros((4, 4), np.uint8), "q2": np.zeros((4, 4), np.uint8)}
+    truth["q1"][:2] = cow
+    truth["q2"][:2] = bird
+    m1, m2 = np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8)
+    m1[:2] = 7  # right
+    m2[:2, :2], m2[:2, 2:] = 7, 9  # half wrong (cow), half right (bird)
+    results = {"q1": ProposalResult("q1", "q1", m1, scores={"cow": 0.9}),
+               "q2": ProposalResult("q2", "q2", m2, scores={"cow": 0.55, "bird": 0.65})}
+    study = cs.presence_study(results, truth, plan, min_scores=(0.6,))
+    assert study["auc"]["cow"] == 1.0 and study["auc"]["bird"] == 1.0  # each score ranks its images right
+    assert study["auc"]["sheep"] is None  # shown nowhere
+    # pooled over (query, class): the present (0.9, 0.65) outrank every absent one (cow on q2: 0.55; the rest 0)
+    assert study["auc"]["all"] == 1.0
+    # removing cow from q2 (its score 0.55 < 0.6; and it is absent there): cow IoU 8/8, bird 4/8, the other three
+    # classes 0 (neither shown nor proposed) -> mIoU (100 + 50) / 5
+    for scored in (study["min_score"]["0.6"], study["oracle"]):
+        assert scored["miou"] == pytest.approx(30.0)
+    assert results["q2"].label_map[0, 0] == 7  # the study works on copies
+    kept = cs.presence_study(results, truth, plan, min_scores=(0.5,))["min_score"]["0.5"]
+    assert kept["miou"] == pytest.approx((100 * 8 / 12 + 50) / 5, abs=0.01)  # nothing removed: cow 8 / (8 + 4)

@@ -28,6 +28,6 @@ def test_model_card_clutter_tables_match_the_recorded_run():
     ).stdout
     tables = [t.strip() for t in rendered.strip().split("\n\n")]
     card = (ROOT / "napari_wfss" / "models" / "default" / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert len(tables) == 2 and all("| shipped |" in t for t in tables)
-    for table in tables:  # tags, then masks
+    assert len(tables) == 4 and all("| shipped |" in t for t in tables)
+    for table in tables:  # tags and its presence study, then masks and its
         assert table in card, table.splitlines()[0]
