@@ -642,9 +642,15 @@ def measure(scenes: Sequence[Scene], images: Path, args, project_root: Path) -> 
     from hhn.priors.features import DenseFeatures
     from napari_wfss.engine import Engine, plan_run
 
-    engines = {"shipped": Engine("default", device="cpu", threads=args.threads, shots=5),  # min_score 0: the default
-               "network": Engine("default", device="cpu", threads=args.threads, shots=5, decision=DecisionRule()),
-               "prior": Engine("default", device="cpu", threads=args.threads, shots=5,
+    prior = None
+    if args.prior:  # one instance for every row (its caches are shared; each run fits its classes afresh)
+        from hhn.priors.catalog import build_tag_prior
+
+        prior = build_tag_prior(args.prior, device="cpu")
+    engines = {"shipped": Engine("default", device="cpu", threads=args.threads, shots=5, prior=prior),  # min_score 0
+               "network": Engine("default", device="cpu", threads=args.threads, shots=5, prior=prior,
+                                 decision=DecisionRule()),
+               "prior": Engine("default", device="cpu", threads=args.threads, shots=5, prior=prior,
                                decision=DecisionRule(prior_weight=1.0, threshold=0.5))}
     features = DenseFeatures(device="cpu")
     truth = {s.file: s.label for s in scenes if s.split == QUERY}
@@ -654,7 +660,7 @@ def measure(scenes: Sequence[Scene], images: Path, args, project_root: Path) -> 
         plan = plan_run(session, sorted(truth), shots=5)
         runs[support] = {}
         try:
-            for method in METHODS[:-1]:
+            for method in [m for m in METHODS[:-1] if m in args.methods]:
                 t0 = time.perf_counter()
                 results = {}
                 if method == "map":
@@ -691,7 +697,7 @@ def format_table(support: str, rows: dict, scenes_info: dict) -> str:
     def ratio(value):
         return "-" if value is None else f"{value:.2f}"
 
-    for method in METHODS:
+    for method in [m for m in METHODS if m in rows]:  # a screening run (--methods) has some rows only
         r = rows[method]
         cells = [f"{r['iou'][c]:.1f} / {ratio(r['precision'][c])} / {ratio(r['recall'][c])}" for c in CLASSES]
         lines.append(f"| {method} | {r['miou']:.1f} | {r['fbiou']:.1f} | " + " | ".join(cells)
@@ -752,9 +758,12 @@ def check_only(data, data_root: Path, options: SceneOptions, seed: int, work: Pa
 
 
 def render(record: Path, seed: int) -> int:
-    """Print the two tables of ``record``'s last line for ``seed`` (the model card's section)."""
+    """Print the tables of ``record``'s last complete line for ``seed`` run with the default model's own prior
+    (``--prior`` unset, or the ``tag_prior`` it names now: the model card's section)."""
     rows = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [r for r in rows if r["seed"] == seed]
+    own = json.loads((ROOT / "napari_wfss" / "models" / "default" / "model.json").read_text())["config"]["tag_prior"]
+    rows = [r for r in rows if r["seed"] == seed and r.get("prior") in (None, own)
+            and set(METHODS[:-1]) <= set(r["runs"]["tags"])]
     if not rows:
         print(f"{record} has no line for seed {seed}", file=sys.stderr)
         return 1
@@ -766,6 +775,7 @@ def render(record: Path, seed: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from hhn.data import open_dataset
+    from hhn.registry import TAG_PRIORS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "msrc_v2"))
@@ -787,6 +797,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache of the composites (outside the repo)")
     p.add_argument("--record", default=str(ROOT / "benchmarks" / "results" / "clutter-scenes.jsonl"),
                    help="append one JSON line to this file ('' for none)")
+    p.add_argument("--prior", default=None, choices=TAG_PRIORS,
+                   help="run every row with this tag prior instead of the model's own (a screening run)")
+    p.add_argument("--methods", type=lambda t: t.split(","), default=list(METHODS[:-1]),
+                   help=f"comma-separated rows to run (default: {','.join(METHODS[:-1])})")
     p.add_argument("--check-only", action="store_true", help="build and check the scenes only (no model)")
     p.add_argument("--preview", default=None, help="save a few composites beside their label maps in this folder")
     p.add_argument("--render", default=None, metavar="RECORD",
@@ -822,8 +836,8 @@ def main(argv: list[str] | None = None) -> int:
                             text=True).stdout.strip()
     import torch
 
-    row = {"seed": args.seed, "classes": list(CLASSES), "options": dataclasses.asdict(options), "scenes": info,
-           "cache": folder.name, "runs": runs, "build_seconds": build_seconds,
+    row = {"seed": args.seed, "prior": args.prior, "classes": list(CLASSES), "options": dataclasses.asdict(options),
+           "scenes": info, "cache": folder.name, "runs": runs, "build_seconds": build_seconds,
            "seconds": round(time.perf_counter() - t0, 1), "commit": commit, "command": " ".join(sys.argv),
            "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "python": platform.python_version(),
                        "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads}}

@@ -199,8 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tag prior: coseg = CLIP-free co-segmentation of the tagged images at 320 px; "
                         "coseg-ms = the same at 320, 448 and 576 px, maps averaged; "
                         "coseg-ratio = coseg comparing recurrence in positives and negatives as a log ratio; "
+                        "coseg-objects = coseg-ratio learning thing classes from object cells only (small "
+                        "objects in clutter); "
                         "gradcam = CLIP RN50 Grad-CAM (needs CLIP weights) (default: the model's own "
                         "tag_prior for --method hhn, else coseg)")
+    p.add_argument("--objectness", default=None, metavar="FILE",
+                   help="coseg-objects only: its objectness head (default: the shipped one; refit one without "
+                        "a fold's classes with `python -m hhn.priors.objectness --exclude ...`)")
     _add_prior_gallery(p)
     p.add_argument("--negatives", default="context", choices=("context", "random"),
                    help="prior negatives: context = whose tags overlap the supports' other tags (default)")

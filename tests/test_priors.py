@@ -186,7 +186,7 @@ def test_catalog_builds_the_named_priors():
     ratio = build_tag_prior("coseg-ratio")
     assert isinstance(ratio, CosegPrior) and ratio.contrast == "ratio" and ratio.features.size == 320
     assert single.contrast == "difference" and {m.contrast for m in multi.members} == {"difference"}
-    assert set(TAG_PRIORS) == {"coseg", "coseg-ms", "coseg-ratio", "gradcam"}
+    assert set(TAG_PRIORS) == {"coseg", "coseg-ms", "coseg-ratio", "coseg-objects", "gradcam"}
 
 
 def test_otsu_splits_two_modes():

@@ -12,7 +12,7 @@ from __future__ import annotations
 BACKBONE_ROUNDING: dict[str, str] = {"resnet50": "ceil", "vgg16": "floor", "efficientnet_lite0": "ceil"}
 
 #: every tag prior name :func:`hhn.priors.catalog.build_tag_prior` accepts
-TAG_PRIORS: tuple[str, ...] = ("coseg", "coseg-ms", "coseg-ratio", "gradcam")
+TAG_PRIORS: tuple[str, ...] = ("coseg", "coseg-ms", "coseg-ratio", "coseg-objects", "gradcam")
 
 #: a model name or CLIP model name starting with this names a folder: ``local-dir:/path``
 LOCAL_DIR_PREFIX = "local-dir:"

@@ -94,7 +94,8 @@ def run_eval_cli(args) -> int:
     uses_prior = any(m.needs_query_prior or (args.support == "tags" and m.needs_support_masks) for m in scored)
     prior_name = _prior_name(args, scored) if uses_prior else None
     prior = build_tag_prior(prior_name, device=args.device_obj, cache_dir=args.cache_dir, vocabulary=dataset.classes,
-                            reuse=lambda own: features if own.size == features.size else None) if prior_name else None
+                            reuse=lambda own: features if own.size == features.size else None,
+                            objectness=args.objectness) if prior_name else None
     results = evaluate(dataset, sampler, scored, args.episodes, supervision=args.support, prior=prior,
                        progress=None if args.json else _progress)
     for method, result in zip(scored, results):

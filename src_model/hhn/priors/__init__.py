@@ -5,7 +5,8 @@
 - ``gradcam``: CLIP RN50 Grad-CAM of "a photo of a {class}" (needs CLIP weights).
 - ``features``: the dense backbone descriptors the co-segmentation prior and the MAP baseline share.
 - ``ensemble``: ``MeanPrior``, the mean of several priors' maps (e.g. one per input size).
-- ``catalog``: the named priors (``coseg``, ``coseg-ms``, ``coseg-ratio``, ``gradcam``) and
+- ``objectness``: the thing-vs-stuff head the ``coseg-objects`` prior reads (shipped, refittable).
+- ``catalog``: the named priors (``coseg``, ``coseg-ms``, ``coseg-ratio``, ``coseg-objects``, ``gradcam``) and
   ``build_tag_prior``, which the engine, ``wfss eval`` and ``wfss train`` build their prior with.
 """
 
