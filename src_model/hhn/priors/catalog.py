@@ -9,8 +9,8 @@ proposal engine build.
   (MODEL_CARD.md, "A multi-scale tag prior"), so no shipped model uses it.
 - ``coseg-ratio``: ``coseg`` whose first pass compares recurrence in the positives with recurrence in
   the negatives as a log ratio, not a difference (``CosegPrior(contrast="ratio")``), at the same cost:
-  the prior the default model is used with (chosen after training on development episodes; MODEL_CARD.md,
-  "The ratio contrast in the tag prior").
+  the default model's prior before ``coseg-objects`` (chosen after training on development episodes;
+  MODEL_CARD.md, "The ratio contrast in the tag prior").
 - ``coseg-objects``: ``coseg-ratio`` with the shipped objectness head (``hhn.priors.objectness``): a
   class learnt from tags whose most recurrent cells are things is learnt from the object cells of its
   positives against every cell of its negatives, and mapped on object cells only; other classes (stuff,
