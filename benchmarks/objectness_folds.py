@@ -21,18 +21,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLD_CLASSES = {0: ("cow", "sheep", "cat", "dog", "bird"), 1: ("aeroplane", "car", "bicycle", "boat", "road"),
-                2: ("chair", "book", "flower", "sign", "building"), 3: ("face", "body", "tree", "water", "sky")}
 
 
 def head_for_fold(fold: int, data: str, work: Path) -> Path:
-    """Fit (once) the objectness head that never saw ``fold``'s classes; returns its file."""
+    """Fit (once) the objectness head that never saw ``fold``'s classes (``hhn.data``'s MSRC folds); returns
+    its file."""
+    from hhn.data import msrc_folds
     from hhn.priors.objectness import MSRC_STUFF, MSRC_THINGS
 
     out = work / f"objectness-fold{fold}.safetensors"
     if not out.is_file():
-        held_out = FOLD_CLASSES[fold]
-        things = [c for c in (*MSRC_THINGS, *FOLD_CLASSES[0]) if c not in held_out]
+        folds = msrc_folds()["folds"]
+        held_out = folds[fold]
+        things = [c for c in (*MSRC_THINGS, *folds[0]) if c not in held_out]
         stuff = [c for c in MSRC_STUFF if c not in held_out]
         subprocess.run([sys.executable, "-m", "hhn.priors.objectness", "--data", data, "--out", str(out),
                         "--things", ",".join(things), "--stuff", ",".join(stuff), "--exclude", ",".join(held_out)],

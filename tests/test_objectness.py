@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from test_priors import SIZE, colour_features
 
 from hhn.priors.base import TaggedImage
 from hhn.priors.catalog import build_tag_prior
@@ -20,14 +20,7 @@ from hhn.priors.objectness import (
     training_cells,
 )
 
-SIZE, CELL = 32, 4
 RED, YELLOW, GREEN, BLUE = (220, 30, 30), (220, 220, 30), (40, 150, 40), (30, 30, 220)
-
-
-def colour_features(image: np.ndarray, weights=None) -> torch.Tensor:
-    """Mean colour of each 4x4 cell as a unit vector: (3, 8, 8) descriptors (a stand-in for a backbone)."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0
-    return F.normalize(F.avg_pool2d(x, CELL)[0], dim=0)
 
 
 #: red and yellow cells are things; gray, green and blue ones stuff (on ``colour_features``)

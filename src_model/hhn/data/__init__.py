@@ -19,7 +19,7 @@ from hhn.data.generic import GenericDataset
 from hhn.data.pascal import PascalDataset
 
 __all__ = ["IGNORE", "DatasetError", "SegmentationDataset", "GenericDataset", "PascalDataset", "CocoDataset",
-           "detect_layout", "open_dataset", "load_folds", "resolve_test_classes"]
+           "detect_layout", "open_dataset", "load_folds", "msrc_folds", "resolve_test_classes"]
 
 LAYOUTS = ("generic", "pascal", "coco")
 
@@ -53,13 +53,19 @@ def open_dataset(root: str | Path, layout: str = "auto", fold: int | None = None
     return cls(root, fold, split=split, min_fraction=min_fraction, exclude=exclude)
 
 
+def msrc_folds() -> dict:
+    """The packaged MSRC-v2 fold definition (``msrc_folds.json``: ``folds``, ``exclude``); fold 0 holds the
+    default model's held-out classes."""
+    return json.loads(resources.files("hhn.data").joinpath("msrc_folds.json").read_text(encoding="utf-8"))
+
+
 def load_folds(root: str | Path, classes: Iterable[str]) -> dict:
     """Fold definition of a generic dataset: ``<root>/folds.json``, else the packaged MSRC-v2 folds when
     every class they name exists in ``classes``. Raises ``DatasetError`` when there is none."""
     own = Path(root) / "folds.json"
     if own.is_file():
         return json.loads(own.read_text(encoding="utf-8"))
-    msrc = json.loads(resources.files("hhn.data").joinpath("msrc_folds.json").read_text(encoding="utf-8"))
+    msrc = msrc_folds()
     named = {c for fold in msrc["folds"] for c in fold} | set(msrc.get("exclude", ()))
     if named <= set(classes):
         return msrc

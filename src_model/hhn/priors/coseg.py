@@ -229,8 +229,8 @@ class CosegClassPrior(ClassPrior):
         objectness head, no positive carries a user mask, and the top ``THING_TOP`` of each positive's
         first-pass cells are things on average. Decided once."""
         if self._thing is None:
-            self._thing = False
             tag_only = [(p, p.objectness) for p in self.positives if p.fg is None and p.objectness is not None]
+            self._thing = False
             if self.owner.objectness is not None and self.positives and len(tag_only) == len(self.positives):
                 shares = []
                 for p, objectness in tag_only:
@@ -240,25 +240,27 @@ class CosegClassPrior(ClassPrior):
                 self._thing = float(np.mean(shares)) >= THING_CUT
         return self._thing
 
-    def _positive_cells(self, p: _Example) -> torch.Tensor:
-        """A positive's cells in the first pass: its user mask's, else (a thing class) its object cells if it
-        has any, else all."""
+    @staticmethod
+    def _positive_cells(p: _Example, gated: bool) -> torch.Tensor:
+        """A positive's cells in the first pass: its user mask's, else (``gated``: a thing class) its object
+        cells if it has any, else all."""
         if p.fg is not None:
             return p.cells[p.fg > 0.5]
-        if self._thing and p.objectness is not None and bool((p.objectness > OBJECT_CUT).any()):
+        if gated and p.objectness is not None and bool((p.objectness > OBJECT_CUT).any()):
             return p.cells[p.objectness > OBJECT_CUT]
         return p.cells
 
-    def _first_pass(self, cells: torch.Tensor, key: str) -> torch.Tensor:
-        """``(M, C)`` cells of an image -> ``(M,)`` recurrence in positives minus recurrence in negatives."""
-        pos = [self._positive_cells(p) for p in self.positives if p.key != key]
+    def _first_pass(self, cells: torch.Tensor, key: str, gated: bool = False) -> torch.Tensor:
+        """``(M, C)`` cells of an image -> ``(M,)`` recurrence in positives minus recurrence in negatives;
+        ``gated``: a thing class's pass (object cells of the positives, always the difference contrast)."""
+        pos = [self._positive_cells(p, gated) for p in self.positives if p.key != key]
         neg = [n.cells for n in self.negatives if n.key != key]
         neg += [p.cells[p.fg <= 0.5] for p in self.positives if p.fg is not None and p.key != key]
         pos, neg = [p for p in pos if len(p)], [n for n in neg if len(n)]
         zero = torch.zeros(len(cells))
         s_pos = torch.stack([top_k_similarity(cells, p, 1) for p in pos]).mean(0) if pos else zero
         s_neg = torch.stack([top_k_similarity(cells, n, 1) for n in neg]).amax(0) if neg else zero
-        if self.owner.contrast == "ratio" and not self._thing:
+        if self.owner.contrast == "ratio" and not gated:
             return torch.log((s_pos.clamp(min=0) + RATIO_OFFSET) / (s_neg.clamp(min=0) + RATIO_OFFSET))
         return s_pos - s_neg
 
@@ -302,7 +304,7 @@ class CosegClassPrior(ClassPrior):
         cells = desc.flatten(1).T.contiguous()
         key = image_key(pixels)
         if self.is_thing:
-            recurrence = self._first_pass(cells, key)
+            recurrence = self._first_pass(cells, key, gated=True)
             objects = self.owner.cell_objectness(desc).flatten() > OBJECT_CUT
             return torch.where(objects, recurrence, torch.full_like(recurrence, -1.0)).view(grid), 0.0
         s = self._second_pass(cells, key) if self.owner.refine else None

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hhn.data import msrc_folds
+
 #: the head shipped with the library (fitted by ``main`` with its defaults on MSRC-v2)
 DEFAULT_HEAD = Path(__file__).with_name("objectness_lite0_320.safetensors")
 
@@ -176,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_HEAD))
     p.add_argument("--things", default=",".join(MSRC_THINGS))
     p.add_argument("--stuff", default=",".join(MSRC_STUFF))
-    p.add_argument("--exclude", default="cow,sheep,cat,dog,bird",
-                   help="classes whose images are left out (the held-out classes of the model it serves)")
+    p.add_argument("--exclude", default=",".join(msrc_folds()["folds"][0]),
+                   help="classes whose images are left out (the held-out classes of the model it serves; "
+                        "default: MSRC fold 0's)")
     p.add_argument("--images", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=320)
