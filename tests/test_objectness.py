@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_priors import SIZE, colour_features
 
+from hhn.errors import UserError
 from hhn.priors.base import TaggedImage
 from hhn.priors.catalog import build_tag_prior
 from hhn.priors.coseg import CosegPrior
@@ -153,8 +154,9 @@ def test_fit_learns_a_separable_split_and_round_trips(tmp_path):
 
 
 def test_a_missing_head_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors.*python -m hhn.priors.objectness"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors.*python -m hhn.priors.objectness") as raised:
         ObjectnessHead.load(tmp_path / "nope.safetensors")
+    assert isinstance(raised.value, UserError)  # the CLI prints it as a message, not a traceback
 
 
 def test_the_shipped_head_and_the_named_prior():

@@ -83,13 +83,15 @@ class ObjectnessHead:
         """Read a head written by :meth:`save`.
 
         Raises:
-            FileNotFoundError: no such file (the message names it).
+            WeightsNotFoundError: no such file (the message names it and how to make one).
         """
         from safetensors import safe_open
 
+        from hhn.errors import WeightsNotFoundError
+
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"objectness head not found: {path} (refit it with "
+            raise WeightsNotFoundError(f"objectness head not found: {path} (refit it with "
                                     "`python -m hhn.priors.objectness --out <file>`)")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
