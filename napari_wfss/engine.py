@@ -340,6 +340,8 @@ class Engine:
             ``"bfloat16"``: the network's compute precision (``hhn.device.inference_dtype``).
         min_score: in each image, a class scoring below it is judged absent (module doc, step 4); 0 keeps
             every class.
+        tag_prior: the name of the tag prior (``hhn.registry.TAG_PRIORS``) classes learnt from tags are
+            fitted with; None (default): the model's own. Not with ``prior``.
         threads: CPU cores a run uses: on the CPU this many queries are computed side by side, each on
             one torch thread (torch's thread count is set to 1 during a run and restored after); None
             (default): torch's thread count. On CUDA / MPS queries go one at a time.
@@ -364,8 +366,11 @@ class Engine:
         precision: str = "auto",
         threads: int | None = None,
         min_score: float = DEFAULT_MIN_SCORE,
+        tag_prior: str | None = None,
     ) -> None:
         check_run_numbers(shots, batch_size, threshold, min_score)
+        if prior is not None and tag_prior is not None:
+            raise EngineError("give the engine either a prior or the name of one (tag_prior), not both")
         if threads is not None and threads < 1:
             raise EngineError(f"threads must be at least 1, got {threads}")
         self.model_spec = model
@@ -380,6 +385,7 @@ class Engine:
         self.threads = threads
         self.min_score = float(min_score)
         self._prior = prior
+        self._tag_prior = tag_prior
         self._model_name = model_name
         self._pipeline: FewShotPipeline | None = None
         self.warnings: list[str] = []
@@ -423,7 +429,7 @@ class Engine:
         rule = self._decision
         return {"model": self.model_name, "shots": self.shots, "threshold": self._threshold,
                 "decision": None if rule is None else dataclasses.asdict(rule), "snap": self._snap,
-                "refine_supports": self._refine_supports, "min_score": self.min_score}
+                "refine_supports": self._refine_supports, "min_score": self.min_score, "tag_prior": self._tag_prior}
 
     def load(self) -> Predictor:
         """Build the model and its predictor now (else done by the first run); returns the predictor."""
@@ -440,13 +446,14 @@ class Engine:
                 if (self._decision is not None or not self._snap or self._refine_supports is not None
                         or self._precision != "auto"):
                     raise EngineError("give the decision rule to the Predictor itself, not to the Engine")
-                self._pipeline = FewShotPipeline(model, prior=self._prior)
+                self._pipeline = FewShotPipeline(model, prior=self._prior, tag_prior=self._tag_prior)
             else:
                 if isinstance(model, str | os.PathLike):
                     model = os.fspath(model).removeprefix(PRESET_PREFIX)
                 self._pipeline = FewShotPipeline.from_model(
                     model, device=self.device, decision=self._decision, threshold=self._threshold, snap=self._snap,
-                    refine_supports=self._refine_supports, precision=self._precision, prior=self._prior)
+                    refine_supports=self._refine_supports, precision=self._precision, prior=self._prior,
+                    tag_prior=self._tag_prior)
         return self._pipeline
 
     # ------------------------------------------------------------------ supports

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from hhn.device_names import DEVICE_NAMES, PRECISIONS
 from hhn.errors import UserError
+from hhn.registry import TAG_PRIORS
 
 from .atomic import atomic_write_json
 
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 DEVICES = DEVICE_NAMES
 #: the settings that decide a proposal besides the session (``Engine.settings``; the other options, device,
 #: precision, threads and batch size, only change the speed)
-PROPOSAL_SETTINGS = ("model", "shots", "threshold", "decision", "snap", "refine_supports", "min_score")
+PROPOSAL_SETTINGS = ("model", "shots", "threshold", "decision", "snap", "refine_supports", "min_score",
+                     "tag_prior")
 RECORD_FORMAT = "napari-wfss-proposal-settings"
 #: the default minimum class score: off (module doc; benchmarks/results/empty-decision.jsonl)
 DEFAULT_MIN_SCORE = 0.0
@@ -79,7 +81,9 @@ class ProposalOptions:
     drops the rule's snap to the image's edges; ``refine_supports``: True / False refines tag supports
     or not, None follows the rule; ``precision``: one of :data:`PRECISIONS` (the network's compute
     precision; ``auto``: float16 on CUDA, float32 elsewhere); ``threads``: CPU cores a run uses (queries
-    computed side by side), None for torch's thread count; ``min_score``: the minimum class score (module doc).
+    computed side by side), None for torch's thread count; ``min_score``: the minimum class score (module doc);
+    ``tag_prior``: the tag prior classes learnt from tags are fitted with, a name of
+    ``hhn.registry.TAG_PRIORS``, None for the model's own (its config's ``tag_prior``).
     """
 
     model: str = "default"
@@ -93,6 +97,7 @@ class ProposalOptions:
     precision: str = "auto"
     threads: int | None = None
     min_score: float = DEFAULT_MIN_SCORE
+    tag_prior: str | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -101,6 +106,9 @@ class ProposalOptions:
             raise OptionsError(f"threads must be at least 1, got {self.threads}")
         if self.precision not in PRECISIONS:
             raise OptionsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.tag_prior is not None and self.tag_prior not in TAG_PRIORS:
+            raise OptionsError(f"tag prior must be one of {', '.join(TAG_PRIORS)} (or left out for the model's own), "
+                               f"got {self.tag_prior!r}")
         check_run_numbers(self.shots, self.batch_size, self.threshold, self.min_score)
         object.__setattr__(self, "min_score", float(self.min_score))
         if self.threshold is not None:
@@ -145,7 +153,7 @@ class ProposalOptions:
         types = {"model": (str,), "device": (str,), "shots": (int,), "batch_size": (int,),
                  "threshold": (int, float, type(None)), "decision": (str, type(None)), "snap": (bool,),
                  "refine_supports": (bool, type(None)), "precision": (str,), "threads": (int, type(None)),
-                 "min_score": (int, float)}
+                 "min_score": (int, float), "tag_prior": (str, type(None))}
         for name, value in data.items():
             if not isinstance(value, types[name]) or (isinstance(value, bool) and bool not in types[name]):
                 raise OptionsError(f"proposal option {name} has the wrong type: {value!r}")
@@ -184,6 +192,11 @@ class ProposalOptions:
                                  f"{DEFAULT_MIN_SCORE:g}; 0.8 emptied 30-58 %% of MSRC photos showing none of the "
                                  "classes, and lowered the mIoU of the photos showing them by up to 2.5 points: "
                                  "benchmarks/empty_decision.py)")
+        parser.add_argument("--tag-prior", default=None, choices=TAG_PRIORS,
+                            help="the tag prior classes learnt from tags are fitted with (default: the model's own; "
+                                 "the default model's is coseg-objects, which finds objects in clutter; coseg-ratio "
+                                 "maps every class as a region, safer for surfaces such as sky, water or foliage; see "
+                                 "the model card)")
         add_device_argument(parser)
         parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                             help="the network's compute precision; auto: float16 on CUDA, float32 elsewhere "

@@ -284,13 +284,16 @@ def test_run_settings_reach_the_engine_options(widget, sample_images, tmp_path):
     widget.threshold_spin.setValue(0.7)
     widget.snap_check.setChecked(False)
     widget.refine_check.setChecked(True)
+    widget.prior_combo.setCurrentText("coseg-ratio")
     options = widget.proposal_options()
+    assert options.tag_prior == "coseg-ratio"
     assert options == cli_options("--model", str(tmp_path / "absent.safetensors"), "--threshold", "0.7",
-                                  "--no-snap", "--refine-supports")
+                                  "--no-snap", "--refine-supports", "--tag-prior", "coseg-ratio")
     widget.threshold_spin.setValue(0.0)  # 0 means what `wfss label --threshold 0` means: no background
     assert widget.proposal_options().threshold == 0.0
     assert widget.proposal_options() == cli_options("--model", str(tmp_path / "absent.safetensors"),
-                                                    "--threshold", "0", "--no-snap", "--refine-supports")
+                                                    "--threshold", "0", "--no-snap", "--refine-supports",
+                                                    "--tag-prior", "coseg-ratio")
 
 
 @pytest.mark.slow

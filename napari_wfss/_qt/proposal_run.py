@@ -35,6 +35,7 @@ from napari_wfss.session import Session
 log = logging.getLogger(__name__)
 
 MODELS_THRESHOLD = -0.05  #: the threshold box's "model's" setting (its minimum)
+MODELS_PRIOR = "model's"  #: the tag prior box's first item: the model's own prior
 #: seconds a cancelled proposal child may take to stop by itself before it is killed: it writes nothing
 #: (the widget stores the results), so killing it loses only the images in flight
 CANCEL_GRACE_S = 1.0
@@ -61,7 +62,8 @@ class ProposalRunMixin:
     ``proposal_options``, ``running``, ``skipped``, ``engine_spec``).
 
     Uses the widget's ``session``, Propose fields (``model_edit``, ``device_combo``, ``shots_spin``,
-    ``threshold_spin``, ``snap_check``, ``refine_check``, ``redo_check``), ``progress_bar``, ``run_label``,
+    ``threshold_spin``, ``prior_combo``, ``snap_check``, ``refine_check``, ``redo_check``), ``progress_bar``,
+    ``run_label``,
     ``skipped_list`` and its ``_report``, ``_capture_edits``, ``_refresh_enabled``, ``_update_image_row``,
     ``_update_counts``, ``_unedited`` and ``_show_labels``.
     """
@@ -93,11 +95,13 @@ class ProposalRunMixin:
     def proposal_options(self) -> ProposalOptions:
         """The run options the Propose fields give (raises ``OptionsError`` for a malformed value)."""
         threshold = self.threshold_spin.value()
+        prior = self.prior_combo.currentText()
         return ProposalOptions(model=self._model_name(), device=self.device_combo.currentText(),
                                shots=self.shots_spin.value(),
                                threshold=None if threshold < 0 else round(threshold, 4),
                                snap=self.snap_check.isChecked(),
-                               refine_supports=True if self.refine_check.isChecked() else None)
+                               refine_supports=True if self.refine_check.isChecked() else None,
+                               tag_prior=None if prior == MODELS_PRIOR else prior)
 
     def propose(self) -> None:
         """Propose label maps for every image without tags, proposal or mask, in a child process;

@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 )
 
 from hhn.errors import UserError
+from hhn.registry import TAG_PRIORS
 from napari_wfss._qt.keys import TAG_KEYS, bind_layer_keys, bind_viewer_keys
 from napari_wfss._qt.layers import (
     find_layer,
@@ -52,7 +53,7 @@ from napari_wfss._qt.layers import (
     show_image_layer,
     show_labels_layer,
 )
-from napari_wfss._qt.proposal_run import MODELS_THRESHOLD, ProposalRunMixin
+from napari_wfss._qt.proposal_run import MODELS_PRIOR, MODELS_THRESHOLD, ProposalRunMixin
 from napari_wfss._qt.retrain_run import RetrainRunMixin
 from napari_wfss.images import ImageReadError, image_size, read_display_image, refuse_large
 from napari_wfss.options import DEVICES
@@ -228,6 +229,12 @@ class WfssWidget(ProposalRunMixin, RetrainRunMixin, QWidget):
                                      "as a support: helps objects of one appearance (animals, cells), can cut "
                                      "parts off objects made of unlike parts (signs, buildings); off: the "
                                      "model's rule")
+        self.prior_combo = QComboBox()
+        self.prior_combo.addItems([MODELS_PRIOR, *TAG_PRIORS])
+        self.prior_combo.setToolTip("how a class is found from its tags: the model's own prior (the default model: "
+                                    "coseg-objects, which finds objects among clutter), or coseg-ratio, which maps "
+                                    "every class as a region: safer for surfaces such as sky, water or foliage")
+        form.addRow("Tag prior", self.prior_combo)
         form.addRow("", self.snap_check)
         form.addRow("", self.refine_check)
         inner.addLayout(form)

@@ -107,15 +107,17 @@ def taps_match_prior_features(model: Any, features: Any) -> bool:
             and features.pretrained and backbone_is_pretrained(model))
 
 
-def default_tag_prior(predictor: Predictor, vocabulary: Sequence[str] = (), taps: TapCache | None = None) -> TagPrior:
-    """The tag prior a model is used with: its config's ``tag_prior`` (``hhn.priors.catalog``); when that is
-    unset, CLIP Grad-CAM (``vocabulary``: the competing class names) for a model that reads CLIP text, like
-    the paper's, else the CLIP-free co-segmentation prior. A co-segmentation prior reads ``taps`` when they
-    are the ones it would compute (:func:`taps_match_prior_features`), else runs its own backbone."""
+def default_tag_prior(predictor: Predictor, vocabulary: Sequence[str] = (), taps: TapCache | None = None,
+                      name: str | None = None) -> TagPrior:
+    """The tag prior called ``name`` (``hhn.priors.catalog``), by default the one the model is used with: its
+    config's ``tag_prior``; when that is unset, CLIP Grad-CAM (``vocabulary``: the competing class names) for
+    a model that reads CLIP text, like the paper's, else the CLIP-free co-segmentation prior. A
+    co-segmentation prior reads ``taps`` when they are the ones it would compute
+    (:func:`taps_match_prior_features`), else runs its own backbone."""
     from hhn.priors.catalog import build_tag_prior
 
     config = predictor.config
-    name = config.tag_prior or ("gradcam" if config.use_text else "coseg")
+    name = name or config.tag_prior or ("gradcam" if config.use_text else "coseg")
 
     def reuse(features):
         if taps is None or not taps_match_prior_features(predictor.model, features):
@@ -194,6 +196,7 @@ class FewShotPipeline:
     Args:
         predictor: the ``hhn.predictor.Predictor`` (its decision rule is the pipeline's).
         prior: the ``TagPrior`` fitted per class; default :func:`default_tag_prior` on ``vocabulary``.
+        tag_prior: the name of that default prior (``hhn.registry.TAG_PRIORS``); None: the model's own.
         vocabulary: the names of the classes that compete (CLIP Grad-CAM priors only).
         text: class name -> CLIP text embeddings for models that read text; default
             :func:`clip_text_source` (loaded on first use).
@@ -202,8 +205,12 @@ class FewShotPipeline:
     """
 
     def __init__(self, predictor: Predictor, prior: TagPrior | None = None, vocabulary: Sequence[str] = (),
-                 text: TextSource | None = None, mask_rule: DecisionRule | None = None) -> None:
+                 text: TextSource | None = None, mask_rule: DecisionRule | None = None,
+                 tag_prior: str | None = None) -> None:
+        if prior is not None and tag_prior is not None:
+            raise ValueError("give either a prior or the name of one (tag_prior), not both")
         self.predictor = predictor
+        self.tag_prior = tag_prior
         self.mask_rule = predictor.decision if mask_rule is None else mask_rule
         self.taps = TapCache(predictor)
         self._given_prior = prior
@@ -243,7 +250,7 @@ class FewShotPipeline:
     def prior(self) -> TagPrior:
         """The tag prior fitted per class (built on first use)."""
         if self._prior is None:
-            self._prior = default_tag_prior(self.predictor, self.vocabulary, self.taps)
+            self._prior = default_tag_prior(self.predictor, self.vocabulary, self.taps, self.tag_prior)
         return self._prior
 
     def use_vocabulary(self, names: Sequence[str]) -> None:
