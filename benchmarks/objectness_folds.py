@@ -4,7 +4,7 @@ fold's classes (the shipped head was fitted without fold 0's, so on folds 1-3 it
 classes it is measured on). Folds 1-3 hold stuff classes (road; building; tree, water, sky), where the
 prior must fall back to the plain steps.
 
-    python benchmarks/objectness_folds.py [--folds 1,2,3] [--episodes 1000]
+    python benchmarks/objectness_folds.py [--folds 1,2,3] [--episodes 1000] [--priors coseg-ratio,coseg-objects]
 
 For each fold: ``python -m hhn.priors.objectness --exclude <fold's classes>`` (things and stuff: the
 library's MSRC lists plus fold 0's animals as things, minus the fold's classes) into ``--work``, then
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "msrc_v2"))
     p.add_argument("--folds", default="1,2,3")
     p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--priors", default="coseg-ratio,coseg-objects",
+                   help="the priors to run, comma-separated (coseg-objects reads the fold's head)")
     p.add_argument("--work", default=str(ROOT.parent / "cache" / "objectness-folds"))
     p.add_argument("--cache-dir", default=str(ROOT.parent / "cache" / "msrc"), help="wfss eval's tap cache")
     p.add_argument("--record", default=str(ROOT / "benchmarks" / "results" / "objectness-folds.jsonl"))
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     for fold in (int(f) for f in args.folds.split(",")):
         head = head_for_fold(fold, args.data, work)
-        for prior in ("coseg-ratio", "coseg-objects"):
+        for prior in args.priors.split(","):
             command = ["wfss", "eval", "--data", args.data, "--fold", str(fold), "--method", "prior", "--shots", "1",
                        "--episodes", str(args.episodes), "--seed", "0", "--json", "--prior", prior, "--support",
                        "tags", "--cache-dir", args.cache_dir, "--threads", "1"]
