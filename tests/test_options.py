@@ -10,7 +10,7 @@ from hhn.config import DecisionRule
 from hhn.errors import UserError
 from napari_wfss.cli import build_parser
 from napari_wfss.engine import Engine
-from napari_wfss.options import ProposalOptions
+from napari_wfss.options import ProposalOptions, settings_differences
 
 
 def _label_options(*flags):
@@ -74,6 +74,7 @@ def test_the_tag_prior_option_picks_the_prior_the_engine_fits():
     own = Engine.from_options(ProposalOptions(model="preset:wfss-lite0", device="cpu"))
     chosen = Engine.from_options(ProposalOptions(model="preset:wfss-lite0", device="cpu", tag_prior="coseg-objects"))
     assert own.settings()["tag_prior"] is None and chosen.settings()["tag_prior"] == "coseg-objects"
+    assert settings_differences(own.settings(), chosen.settings()) == {"tag_prior": (None, "coseg-objects")}
     own_prior, chosen_prior = own.pipeline().prior, chosen.pipeline().prior
     assert isinstance(own_prior, CosegPrior) and isinstance(chosen_prior, CosegPrior)
     assert own_prior.objectness is None
