@@ -69,7 +69,7 @@ from hhn.errors import UserError
 
 from .classes import BACKGROUND_ID
 from .images import ImageReadError, read_image
-from .options import DEFAULT_MIN_SCORE, ProposalOptions, check_run_numbers
+from .options import DEFAULT_MIN_SCORE, ProposalOptions, check_run_numbers, check_tag_prior
 from .session import ACCEPTED, EDITED, PROPOSED, REJECTED, UNTAGGED, Session
 
 if TYPE_CHECKING:
@@ -369,6 +369,7 @@ class Engine:
         tag_prior: str | None = None,
     ) -> None:
         check_run_numbers(shots, batch_size, threshold, min_score)
+        check_tag_prior(tag_prior)
         if prior is not None and tag_prior is not None:
             raise EngineError("give the engine either a prior or the name of one (tag_prior), not both")
         if threads is not None and threads < 1:

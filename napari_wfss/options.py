@@ -70,6 +70,14 @@ def check_run_numbers(shots: int, batch_size: int, threshold: float | None, min_
         raise OptionsError(f"minimum class score must be in [0, 1] (0 keeps every class), got {min_score}")
 
 
+def check_tag_prior(name: str | None) -> None:
+    """Raise :class:`OptionsError` unless ``name`` is None (the model's own prior) or a name of
+    ``hhn.registry.TAG_PRIORS``."""
+    if name is not None and name not in TAG_PRIORS:
+        raise OptionsError(f"tag prior must be one of {', '.join(TAG_PRIORS)} (or left out for the model's own), "
+                           f"got {name!r}")
+
+
 @dataclass(frozen=True)
 class ProposalOptions:
     """One proposal run's settings.
@@ -106,9 +114,7 @@ class ProposalOptions:
             raise OptionsError(f"threads must be at least 1, got {self.threads}")
         if self.precision not in PRECISIONS:
             raise OptionsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.tag_prior is not None and self.tag_prior not in TAG_PRIORS:
-            raise OptionsError(f"tag prior must be one of {', '.join(TAG_PRIORS)} (or left out for the model's own), "
-                               f"got {self.tag_prior!r}")
+        check_tag_prior(self.tag_prior)
         check_run_numbers(self.shots, self.batch_size, self.threshold, self.min_score)
         object.__setattr__(self, "min_score", float(self.min_score))
         if self.threshold is not None:

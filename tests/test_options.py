@@ -83,3 +83,5 @@ def test_the_tag_prior_option_picks_the_prior_the_engine_fits():
     assert isinstance(plain, CosegPrior) and plain.contrast == "difference" and plain.objectness is None
     with pytest.raises(UserError, match="not both"):
         Engine(prior=own_prior, tag_prior="coseg")
+    with pytest.raises(UserError, match="tag prior must be one of"):
+        Engine(tag_prior="sam")

@@ -63,9 +63,8 @@ class ProposalRunMixin:
 
     Uses the widget's ``session``, Propose fields (``model_edit``, ``device_combo``, ``shots_spin``,
     ``threshold_spin``, ``prior_combo``, ``snap_check``, ``refine_check``, ``redo_check``), ``progress_bar``,
-    ``run_label``,
-    ``skipped_list`` and its ``_report``, ``_capture_edits``, ``_refresh_enabled``, ``_update_image_row``,
-    ``_update_counts``, ``_unedited`` and ``_show_labels``.
+    ``run_label``, ``skipped_list`` and its ``_report``, ``_capture_edits``, ``_refresh_enabled``,
+    ``_update_image_row``, ``_update_counts``, ``_unedited`` and ``_show_labels``.
     """
 
     def _init_proposal_run(self) -> None:
