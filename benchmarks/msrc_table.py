@@ -35,7 +35,8 @@ from pathlib import Path
 #: stays reproducible.
 #: Every row runs with the single-scale ``coseg`` prior (the shipped model's until session 12) except the
 #: ``-ms`` rows, which use ``coseg-ms`` (three input sizes; chosen on development episodes, not shipped),
-#: and the ``-ratio`` rows, which use ``coseg-ratio`` (the shipped model's prior since; see the model card).
+#: and the ``-ratio`` rows, which use ``coseg-ratio`` (the shipped model's prior until ``coseg-objects``,
+#: whose cells are recorded apart: ``benchmarks/results/acceptance-recheck.jsonl``; see the model card).
 #: ``prior-ratio`` is the prior alone at 0.5 scored on the model's pass (prior weight 1, threshold 0.5).
 METHODS = (("prior", ("tags",)), ("prior-at-rule", ("tags",)), ("prior-at-0.8", ("tags",)),
            ("prior-trim", ("tags",)), ("prior-trim-snap", ("tags",)), ("prior-ratio", ("tags",)),
@@ -60,7 +61,7 @@ LABELS = {"prior": "(a) tag prior alone (coseg), threshold 0.5",
           "prior-ratio": "(a-ratio) tag prior alone (coseg-ratio), threshold 0.5",
           "prior-trim-snap-ratio": "(a++ratio) tag prior alone (coseg-ratio), threshold 0.5, trimmed and snapped "
                                    "like the rule",
-          "hhn-ratio": "(c-ratio) **HHN + decision rule, coseg-ratio prior (shipped)**",
+          "hhn-ratio": "(c-ratio) HHN + decision rule, coseg-ratio prior (shipped before coseg-objects)",
           "hhn": "(c) HHN + decision rule (prior weight 0.5, threshold 0.6, trim 1/0.5/0, snap 0.06), coseg prior",
           "hhn-sr": "(c-sr) HHN + decision rule, tag supports refined like the query's mask (candidate, not shipped)",
           "hhn-v3": "(c') HHN + the rule without its snap (weight 0.5, threshold 0.6, trim 1/0.5/0)",
