@@ -10,7 +10,7 @@ from test_priors import SIZE, colour_features
 from hhn.errors import UserError
 from hhn.priors.base import TaggedImage
 from hhn.priors.catalog import build_tag_prior
-from hhn.priors.coseg import CLEAR_RECURRENCE, THING_CUT, THING_LIFT, CosegPrior
+from hhn.priors.coseg import CLEAR_RECURRENCE, THING_CUT, THING_LIFT, THING_SURE, CosegPrior
 from hhn.priors.objectness import (
     DEFAULT_HEAD,
     MSRC_STUFF,
@@ -104,24 +104,27 @@ def test_a_stuff_class_keeps_the_plain_steps():
     assert _iou(field(query) > 0.5, truth) > 0.8
 
 
-def test_a_surface_the_head_takes_for_a_thing_keeps_the_plain_steps():
-    """A yellow field filling most of each tagged image (the head scores yellow as a thing, like an unseen
-    stuff class such as sky) recurs clearly but does not stand out from the rest of its images: it is
-    mapped by the plain steps, and found."""
+@pytest.mark.parametrize("colour, elsewhere, thing", [((150, 40, 200), GREEN, False), (YELLOW, BLUE, True)])
+def test_a_field_is_a_thing_only_when_the_head_is_sure(colour, elsewhere, thing):
+    """A field filling most of each tagged image recurs clearly but does not stand out from the rest of its
+    images. Purple (objectness about 0.5 to the head, as uncertain as an unseen stuff class such as sky) is
+    mapped by the plain steps; yellow (about 0.8: surely a thing, like coins filling their photo) by the
+    object path. Either way the field is found. The negatives are one plain colour far from the field's."""
     rng = np.random.default_rng(3)
 
     def field() -> np.ndarray:
         image = rng.integers(100, 130, size=(SIZE, SIZE, 3)).astype(np.uint8)
-        image[4:] = YELLOW
+        image[4:] = colour
         return image
 
     positives = [TaggedImage(field()) for _ in range(4)]
-    negatives = [np.full((SIZE, SIZE, 3), BLUE, np.uint8) for _ in range(3)]
+    negatives = [np.full((SIZE, SIZE, 3), elsewhere, np.uint8) for _ in range(3)]
     fitted = CosegPrior(features=colour_features, bank_pool=1, objectness=COLOUR_HEAD).fit("field", positives,
                                                                                            negatives)
     top_objectness, lift, top_score = np.mean([fitted._top_cells(p) for p in fitted.positives], axis=0)
-    assert top_objectness >= THING_CUT and lift < THING_LIFT and top_score >= CLEAR_RECURRENCE
-    assert not fitted.is_thing
+    assert lift < THING_LIFT and top_score >= CLEAR_RECURRENCE
+    assert top_objectness >= THING_CUT and (top_objectness >= THING_SURE) == thing
+    assert fitted.is_thing == thing
     truth = np.zeros((SIZE, SIZE), bool)
     truth[4:] = True
     assert _iou(fitted(field()) > 0.5, truth) > 0.8

@@ -87,5 +87,6 @@ def test_the_napari_layer_imports_without_torch():
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'torchvision', 'open_clip', 'triton', 'hhn'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # hhn.device_names: the device and precision names the options check, torch-free
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["hhn", "hhn.device_names", "hhn.errors"]
+    # hhn.device_names and hhn.registry: the device, precision and tag prior names the options check, torch-free
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["hhn", "hhn.device_names", "hhn.errors",
+                                                                "hhn.registry"]
