@@ -642,16 +642,11 @@ def measure(scenes: Sequence[Scene], images: Path, args, project_root: Path) -> 
     from hhn.priors.features import DenseFeatures
     from napari_wfss.engine import Engine, plan_run
 
-    prior = None
-    if args.prior:  # one instance for every row (its caches are shared; each run fits its classes afresh)
-        from hhn.priors.catalog import build_tag_prior
-
-        prior = build_tag_prior(args.prior, device="cpu")
-    engines = {"shipped": Engine("default", device="cpu", threads=args.threads, shots=5, prior=prior),  # min_score 0
-               "network": Engine("default", device="cpu", threads=args.threads, shots=5, prior=prior,
-                                 decision=DecisionRule()),
-               "prior": Engine("default", device="cpu", threads=args.threads, shots=5, prior=prior,
-                               decision=DecisionRule(prior_weight=1.0, threshold=0.5))}
+    # every row as `wfss label --tag-prior` runs it (None: the model's own prior); min_score 0: the default
+    same = {"device": "cpu", "threads": args.threads, "shots": 5, "tag_prior": args.prior}
+    engines = {"shipped": Engine("default", **same),
+               "network": Engine("default", **same, decision=DecisionRule()),
+               "prior": Engine("default", **same, decision=DecisionRule(prior_weight=1.0, threshold=0.5))}
     features = DenseFeatures(device="cpu")
     truth = {s.file: s.label for s in scenes if s.split == QUERY}
     runs: dict[str, dict] = {}
@@ -761,7 +756,9 @@ def render(record: Path, seed: int) -> int:
     """Print the tables of ``record``'s last complete line for ``seed`` run with the default model's own prior
     (``--prior`` unset, or the ``tag_prior`` it names now: the model card's section)."""
     rows = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
-    own = json.loads((ROOT / "napari_wfss" / "models" / "default" / "model.json").read_text())["config"]["tag_prior"]
+    from hhn.model_names import declared_config
+
+    own = declared_config("default").tag_prior
     rows = [r for r in rows if r["seed"] == seed and r.get("prior") in (None, own)
             and set(METHODS[:-1]) <= set(r["runs"]["tags"])]
     if not rows:

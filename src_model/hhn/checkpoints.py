@@ -78,7 +78,7 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------------------
 # Paths and atomic writes
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it onto ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -142,12 +142,12 @@ def write_checkpoint(config: HHNConfig, state_dict: dict[str, torch.Tensor], pat
              if include_backbone or not k.startswith(BACKBONE_PREFIX)}
     path = Path(path)
     if path.suffix in TORCH_SUFFIXES:
-        _atomic_write(path, lambda tmp: torch.save({**header, "state_dict": state}, tmp))
+        atomic_write(path, lambda tmp: torch.save({**header, "state_dict": state}, tmp))
         return path
     tensors, meta = checkpoint_files(path)
-    _atomic_write(tensors, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
+    atomic_write(tensors, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
     header["weights_sha256"] = _sha256(tensors)
-    _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(header, indent=1), encoding="utf-8"))
+    atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(header, indent=1), encoding="utf-8"))
     return tensors
 
 

@@ -67,16 +67,15 @@ class ObjectnessHead:
         return torch.sigmoid(logits).cpu()
 
     def save(self, path: str | Path) -> None:
-        """Write the head as safetensors (atomically: a temporary file renamed into place)."""
+        """Write the head as safetensors (atomically: ``hhn.checkpoints.atomic_write``)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
+        from hhn.checkpoints import atomic_write
+
         meta = {"backbone": self.backbone, "size": str(self.size), "tap_weights": json.dumps(list(self.tap_weights)),
                 "info": json.dumps(self.info)}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"weight": self.weight.float().contiguous(), "bias": torch.tensor([self.bias])}, str(tmp),
-                  metadata=meta)
-        tmp.replace(path)
+        tensors = {"weight": self.weight.float().contiguous(), "bias": torch.tensor([self.bias])}
+        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_HEAD) -> ObjectnessHead:

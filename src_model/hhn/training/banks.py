@@ -72,11 +72,10 @@ class FeatureBank:
     def _save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
+        from hhn.checkpoints import atomic_write
+
         tensors = {f"{n}/{i}": t.contiguous() for n, taps in self._feats.items() for i, t in enumerate(taps)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"signature": json.dumps(self.signature)})
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"signature": json.dumps(self.signature)}))
 
 
 class TargetBank:
