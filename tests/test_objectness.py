@@ -10,7 +10,14 @@ from test_priors import SIZE, colour_features
 from hhn.errors import UserError
 from hhn.priors.base import TaggedImage
 from hhn.priors.catalog import build_tag_prior
-from hhn.priors.coseg import CLEAR_RECURRENCE, THING_CUT, THING_LIFT, THING_SURE, CosegPrior
+from hhn.priors.coseg import (
+    CLEAR_RECURRENCE,
+    OBJECT_RECURRENCE_DROP,
+    THING_CUT,
+    THING_LIFT,
+    THING_SURE,
+    CosegPrior,
+)
 from hhn.priors.objectness import (
     DEFAULT_HEAD,
     MSRC_STUFF,
@@ -62,6 +69,8 @@ def test_thing_classes_compete_and_are_absent_where_they_are_absent():
     yellow = prior.fit("yellow", [TaggedImage(im) for im, _ in yellow_only + both],
                        [im for im, _ in red_only + plain])
     assert red.is_thing and yellow.is_thing
+    for fitted in (red, yellow):
+        assert np.mean([fitted._object_recurrence_drop(p) for p in fitted.positives]) < OBJECT_RECURRENCE_DROP
     query, masks = _clutter(rng, {RED: 2, YELLOW: 1})
     assert _iou(red(query) > 0.5, masks[RED]) > 0.8
     assert _iou(yellow(query) > 0.5, masks[YELLOW]) > 0.8
@@ -102,6 +111,28 @@ def test_a_stuff_class_keeps_the_plain_steps():
     truth = np.zeros((SIZE, SIZE), bool)
     truth[24:] = True
     assert _iou(field(query) > 0.5, truth) > 0.8
+
+
+def test_a_class_that_recurs_outside_its_object_cells_keeps_the_plain_steps():
+    """A purple field (objectness just under the object cut, like an unseen stuff class) under gray noise, with a
+    red square (a thing) in every tagged image and in every negative. The field's top cells look object-like
+    and stand out from the gray, so the other tests would send it down the object path; but among the object
+    cells only the red squares are left, which recur in the negatives as well: the recurrence drops, the class
+    keeps the plain steps, and the field is found."""
+    rng = np.random.default_rng(4)
+    purple, gray = (150, 40, 200), (115, 115, 115)
+    positives = [TaggedImage(_clutter(rng, {RED: 1}, purple)[0]) for _ in range(4)]
+    negatives = [_clutter(rng, {RED: 1}, gray)[0] for _ in range(3)]
+    fitted = CosegPrior(features=colour_features, bank_pool=1, objectness=COLOUR_HEAD).fit("field", positives,
+                                                                                           negatives)
+    top_objectness, lift, top_score = np.mean([fitted._top_cells(p) for p in fitted.positives], axis=0)
+    assert top_objectness >= THING_CUT and (lift >= THING_LIFT or top_score < CLEAR_RECURRENCE)
+    assert np.mean([fitted._object_recurrence_drop(p) for p in fitted.positives]) >= OBJECT_RECURRENCE_DROP
+    assert not fitted.is_thing
+    query = _clutter(rng, {RED: 1}, purple)[0]
+    truth = np.zeros((SIZE, SIZE), bool)
+    truth[24:] = True
+    assert _iou(fitted(query) > 0.5, truth) > 0.8
 
 
 @pytest.mark.parametrize("colour, elsewhere, thing", [((150, 40, 200), GREEN, False), (YELLOW, BLUE, True)])
