@@ -70,6 +70,7 @@ def test_prior_bank_round_trip_keeps_every_class_of_an_image(setup, tmp_path):
     pairs = [(both[0], "square"), (both[0], "disk"), (dataset.images_with("square")[0], "square")]
     priors.fill(pairs)
     priors.save(tmp_path / "priors.npz")
+    assert [f.name for f in tmp_path.iterdir()] == ["priors.npz"]  # written atomically, no temporary left
     again = PriorBank(dataset, priors.tag_prior, config.geometry.head_size)
     assert again.load(tmp_path / "priors.npz")
     for name, cls in pairs:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hhn.checkpoints import atomic_write
 from hhn.data.base import SegmentationDataset
 from hhn.data.episodes import EpisodeSampler
 from hhn.preprocess import resize_mask
@@ -86,13 +87,15 @@ class PriorBank:
     def save(self, path: str | Path) -> None:
         """Keep the computed priors in an ``.npz`` (atomic write) to skip them on ``--resume``: ``maps``
         float16 (N, h, w), ``keys`` (N, 2) image and class names, ``settings`` (see ``_settings``)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
         keys = list(self._maps)
         maps = np.stack([self._maps[k] for k in keys]).astype(np.float16) if keys else np.zeros((0, *self.size))
-        np.savez_compressed(tmp, maps=maps, keys=np.array(keys, dtype=str).reshape(-1, 2),
-                            settings=np.array(self._settings()))
-        tmp.replace(path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy appends ".npz" to a path that lacks it
+                np.savez_compressed(f, maps=maps, keys=np.array(keys, dtype=str).reshape(-1, 2),
+                                    settings=np.array(self._settings()))
+
+        atomic_write(Path(path), write)
 
     def load(self, path: str | Path) -> bool:
         """Read priors saved by :meth:`save` with the same settings; False (nothing read) when the file
