@@ -225,6 +225,9 @@ def test_the_shipped_head_and_the_named_prior():
     prior = build_tag_prior("coseg-objects")
     assert isinstance(prior, CosegPrior) and prior.contrast == "ratio" and prior.features.size == 320
     assert torch.equal(prior.objectness.weight, head.weight)
+    for other in ("coseg-ratio", "gradcam"):  # a head they would ignore is refused, not dropped silently
+        with pytest.raises(UserError, match="reads no objectness head"):
+            build_tag_prior(other, objectness=DEFAULT_HEAD)
 
 
 def test_a_class_with_a_user_mask_keeps_the_plain_steps():

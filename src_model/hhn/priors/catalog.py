@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hhn.errors import UserError
 from hhn.registry import TAG_PRIORS
 
 if TYPE_CHECKING:
@@ -71,7 +72,12 @@ def build_tag_prior(name: str, *, device: Any = "cpu", cache_dir: str | Path | N
 
     Raises:
         ValueError: an unknown name.
+        UserError: an objectness head given to a prior that reads none (it would be ignored silently).
     """
+    if objectness is not None and not (name in COSEG_PRIORS and COSEG_PRIORS[name].objectness):
+        readers = ", ".join(n for n, v in COSEG_PRIORS.items() if v.objectness)
+        raise UserError(f"the tag prior {name} reads no objectness head, so {objectness} would be ignored; "
+                        f"an objectness head applies to {readers}")
     if name == "gradcam":
         from hhn.priors.gradcam import GradCamPrior
 
