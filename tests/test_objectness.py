@@ -116,9 +116,9 @@ def test_a_stuff_class_keeps_the_plain_steps():
 def test_a_class_that_recurs_outside_its_object_cells_keeps_the_plain_steps():
     """A purple field (objectness just under the object cut, like an unseen stuff class) under gray noise, with a
     red square (a thing) in every tagged image and in every negative. The field's top cells look object-like
-    and stand out from the gray, so the other tests would send it down the object path; but among the object
-    cells only the red squares are left, which recur in the negatives as well: the recurrence drops, the class
-    keeps the plain steps, and the field is found."""
+    and stand out from the gray, so the three earlier conditions alone would send it down the object path;
+    but among the object cells only the red squares are left, which recur in the negatives as well: the
+    recurrence drops, the class keeps the plain steps, and the field is found."""
     rng = np.random.default_rng(4)
     purple, gray = (150, 40, 200), (115, 115, 115)
     positives = [TaggedImage(_clutter(rng, {RED: 1}, purple)[0]) for _ in range(4)]
