@@ -154,6 +154,11 @@ def otsu(values: torch.Tensor, bins: int = 64) -> float:
     return float((centers[best[0]] + centers[best[-1] + 1]) / 2)
 
 
+def _top_share(scores: torch.Tensor) -> torch.Tensor:
+    """``(M,)`` scores -> indices of the top ``THING_TOP`` share of them (at least one)."""
+    return scores.topk(max(1, round(THING_TOP * len(scores)))).indices
+
+
 def top_k_similarity(cells: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
     """``(M, C)`` cells, ``(N, C)`` bank -> ``(M,)`` mean of each cell's ``k`` largest cosines (k=1: max)."""
     sims = cells @ bank.T
@@ -284,7 +289,7 @@ class CosegClassPrior(ClassPrior):
         mean objectness of all the positive's cells, and their mean first-pass score."""
         assert p.objectness is not None  # is_thing asks only with a head
         s = self._first_pass(p.cells, p.key)
-        top = s.topk(max(1, round(THING_TOP * len(s)))).indices
+        top = _top_share(s)
         objectness = float(p.objectness[top].mean())
         return objectness, objectness - float(p.objectness.mean()), float(s[top].mean())
 
@@ -294,14 +299,11 @@ class CosegClassPrior(ClassPrior):
         it has none) thing-path scores. Near 0 when the class's most recurrent cells are objects; large when it
         recurs mostly outside them (sky, water, foliage)."""
         assert p.objectness is not None  # is_thing asks only with a head
-
-        def top_mean(scores: torch.Tensor) -> float:
-            return float(scores.topk(max(1, round(THING_TOP * len(scores)))).values.mean())
-
         objects = p.objectness > OBJECT_CUT
         gated = self._first_pass(p.cells, p.key, gated=True)
+        gated = gated[objects] if bool(objects.any()) else gated
         plain = self._first_pass(p.cells, p.key, contrast="difference")
-        return top_mean(plain) - top_mean(gated[objects] if bool(objects.any()) else gated)
+        return float(plain[_top_share(plain)].mean()) - float(gated[_top_share(gated)].mean())
 
     @staticmethod
     def _positive_cells(p: _Example, gated: bool) -> torch.Tensor:
